@@ -1,0 +1,284 @@
+"""The ``koogallery`` command: push files, invoke handlers locally, run the emulator and the demo.
+
+koogallery push usage.jsonl            # exit 0 only when every record was delivered
+koogallery invoke usage-push --event events/kafka.json
+koogallery emulator --port 0
+koogallery demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
+
+from koogallery.errors import ConfigurationError, KooGalleryError
+from koogallery.events import RawRecord
+
+__all__ = ["main"]
+
+_EXIT_OK = 0
+_EXIT_INCOMPLETE = 1
+_EXIT_USAGE = 2
+_EXIT_CONFIGURATION = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return _EXIT_USAGE
+    try:
+        code: int = args.run(args)
+    except ConfigurationError as error:
+        print(f"koogallery: configuration error: {error}", file=sys.stderr)
+        return _EXIT_CONFIGURATION
+    except KooGalleryError as error:
+        print(f"koogallery: {error}", file=sys.stderr)
+        return _EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koogallery",
+        description="Usage push, bill fetch and reconciliation for KooGallery sellers.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    push = commands.add_parser(
+        "push",
+        help="push usage records from a JSON, JSON Lines or CSV file",
+        description="Push usage records through the same pipeline as the function. "
+        "Exit code 0 only when nothing was dead-lettered or left pending.",
+    )
+    push.add_argument("file", help="a .json, .jsonl or .csv file, or - for standard input")
+    push.add_argument("--format", choices=["json", "jsonl", "csv"], help="default: by file name")
+    push.add_argument("--batch-size", type=int, default=5000, help="records per pipeline batch")
+    push.add_argument(
+        "--dead-letters", type=Path, help="write every dead letter here (JSON Lines)"
+    )
+    push.add_argument("--endpoint", help="overrides KOOGALLERY_ENDPOINT")
+    push.add_argument(
+        "--usage-api", choices=["v2", "v1", "legacy"], help="overrides KOOGALLERY_USAGE_API"
+    )
+    push.add_argument("--json", action="store_true", help="print the summary as JSON")
+    push.set_defaults(run=_run_push)
+
+    invoke = commands.add_parser(
+        "invoke",
+        help="run a function's handler locally on an event file",
+        description="Run the handler with a FunctionGraph-like context and print its result.",
+    )
+    invoke.add_argument("function", choices=["usage-push"])
+    invoke.add_argument("--event", required=True, help="event JSON file, or - for standard input")
+    invoke.add_argument("--timeout", type=float, default=30.0, help="the function's timeout (s)")
+    invoke.add_argument(
+        "--user-data",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a user data entry for the context (repeatable)",
+    )
+    invoke.set_defaults(run=_run_invoke)
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the local KooGallery emulator",
+        description="Serve the KooGallery usage API on loopback for integration tests.",
+    )
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER, help="see --help of it")
+    emulator.set_defaults(run=_run_emulator)
+
+    demo = commands.add_parser(
+        "demo",
+        help="push a day of usage through the real handler into an in-process emulator",
+    )
+    demo.add_argument("--input", type=Path, help="JSON Lines usage records to use instead")
+    demo.add_argument("--seed", type=int, default=20261204, help="seed of the generated usage")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from koogallery.client import KooGalleryClient
+    from koogallery.config import Settings
+    from koogallery.pipeline import Summary, UsagePipeline
+    from koogallery.sources import read_records
+
+    settings = Settings.from_env(endpoint=args.endpoint, usage_api=args.usage_api)
+    source: Path | IO[str] = sys.stdin if args.file == "-" else Path(args.file)
+    if isinstance(source, Path) and not source.is_file():
+        print(f"koogallery: no such file: {source}", file=sys.stderr)
+        return _EXIT_USAGE
+
+    total = Summary()
+    progress = _Progress(sys.stderr)
+    letters = _DeadLetterSink(args.dead_letters)
+    with KooGalleryClient(settings) as client:
+        pipeline = UsagePipeline(client)
+        for batch in _batches(read_records(source, args.format), args.batch_size):
+            summary = pipeline.push_raw(batch)
+            letters.write(summary)
+            total.merge(summary)
+            progress.update(total)
+    progress.finish(total)
+    letters.close()
+
+    if args.json:
+        print(json.dumps(total.to_dict(), indent=2))
+    else:
+        _print_summary_table(total, letters.path)
+    return _EXIT_OK if total.complete else _EXIT_INCOMPLETE
+
+
+def _batches(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    iterator = iter(records)
+    while batch := list(islice(iterator, max(1, size))):
+        yield batch
+
+
+class _DeadLetterSink:
+    """Writes dead letters as they happen, so a large file's summary stays small in memory."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stream = path.open("w", encoding="utf-8") if path else None
+        self._kept = 0
+
+    def write(self, summary: Any) -> None:
+        if self._stream is not None:
+            for letter in summary.dead_letters:
+                self._stream.write(json.dumps({**letter.to_dict(), "raw": letter.raw}) + "\n")
+            summary.dead_letters = summary.dead_letters[: max(0, 20 - self._kept)]
+        else:
+            summary.dead_letters = summary.dead_letters[: max(0, 20 - self._kept)]
+        self._kept += len(summary.dead_letters)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
+class _Progress:
+    """A one-line progress report, only when the output is a terminal."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._enabled = stream.isatty()
+        self._started = time.monotonic()
+
+    def update(self, summary: Any) -> None:
+        if not self._enabled:
+            return
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = summary.received / elapsed
+        self._stream.write(
+            f"\r{summary.received:>10,} records  {summary.accepted:>10,} accepted  "
+            f"{summary.dead_lettered:>6,} dead  {rate:>9,.0f}/s"
+        )
+        self._stream.flush()
+
+    def finish(self, summary: Any) -> None:
+        if self._enabled:
+            self.update(summary)
+            self._stream.write("\n")
+
+
+def _print_summary_table(summary: Any, dead_letter_path: Path | None) -> None:
+    rows = [
+        ("received", summary.received),
+        ("accepted", summary.accepted),
+        ("duplicates", summary.duplicates),
+        ("dead-lettered", summary.dead_lettered),
+        ("pending", summary.pending),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value:>12,}")
+    if summary.pending_reason:
+        print(f"pending because: {summary.pending_reason}")
+    for letter in summary.dead_letters:
+        print(f"dead letter  {letter.origin.label()} line {letter.position}: {letter.reason}")
+    if summary.dead_lettered > len(summary.dead_letters):
+        more = summary.dead_lettered - len(summary.dead_letters)
+        where = f"all are in {dead_letter_path}" if dead_letter_path else "use --dead-letters FILE"
+        print(f"... and {more:,} more dead letters ({where})")
+
+
+def _run_invoke(args: argparse.Namespace) -> int:
+    from koogallery.events import render_sample_event
+    from koogallery.functiongraph import LocalContext
+
+    text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text(encoding="utf-8")
+    event = json.loads(render_sample_event(text, datetime.now(timezone.utc)))
+    user_data = dict(_key_value(item) for item in args.user_data)
+    context = LocalContext(user_data=user_data, timeout_seconds=args.timeout)
+
+    handler = load_handler(args.function)
+    try:
+        result = handler(event, context)
+    except KooGalleryError as error:
+        print(
+            json.dumps({"errorMessage": str(error), "errorType": type(error).__name__}, indent=2)
+        )
+        return _EXIT_INCOMPLETE
+    print(json.dumps(result, indent=2, default=str))
+    return _EXIT_OK
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, separator, value = item.partition("=")
+    if not separator or not key:
+        raise SystemExit(f"koogallery: --user-data takes KEY=VALUE, got {item!r}")
+    return key, value
+
+
+def load_handler(function: str) -> Any:
+    """The handler of ``function``: the repository's entry point file when it is there.
+
+    Running ``functions/<name>/index.py`` (rather than the library call behind it) means a local
+    invoke executes exactly the file that is packaged and deployed.
+    """
+    import importlib.util
+
+    module_name = function.replace("-", "_")
+    index = Path(__file__).resolve().parents[2] / "functions" / module_name / "index.py"
+    if index.is_file():
+        spec = importlib.util.spec_from_file_location(f"{module_name}_index", index)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.handler
+
+    from koogallery.usage_push import handle_usage_push
+
+    return handle_usage_push
+
+
+def _run_emulator(args: argparse.Namespace) -> int:
+    from koogallery.emulator.__main__ import main as emulator_main
+
+    code: int = emulator_main(args.emulator_args)
+    return code
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from koogallery.demo import run_demo
+
+    code: int = run_demo(input_path=args.input, seed=args.seed)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""``koogallery demo``: a day of usage through the real handler into a local KooGallery.
+
+The demo shows, in under a minute and without any account, what the product guarantees:
+
+1. it starts the emulator on a free loopback port and registers pay-per-use instances with
+   unit prices;
+2. it generates a realistic day of hourly usage for them (or reads ``--input``), mixes in a
+   few records that can never succeed, and wraps everything in DMS Kafka trigger batches;
+3. it delivers each batch through ``functions/usage_push/index.py`` with a FunctionGraph-like
+   context, then delivers one batch a second time, as a queue trigger may;
+4. it prints what was pushed, accepted, recognised as a duplicate (nothing billed twice), the
+   dead letters with their reasons, and what the emulator would charge per instance.
+
+It exits 0 only when the emulator holds exactly the good records, each once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from koogallery.functiongraph import LocalContext
+from koogallery.models import format_time
+
+__all__ = ["DEMO_INSTANCES", "DemoInstance", "run_demo"]
+
+_MESSAGES_PER_BATCH = 12
+_REDELIVERED_BATCH = 1
+
+
+@dataclass(frozen=True)
+class DemoInstance:
+    """A pay-per-use instance of the demo seller, with what a typical hour of it uses."""
+
+    instance_id: str
+    product_id: str
+    description: str
+    unit_price: Decimal
+    typical_hourly: float
+    decimals: int
+
+
+DEMO_INSTANCES = (
+    DemoInstance(
+        "demo-instance-001", "demo-product-api", "API calls (per call)", Decimal("0.002"), 1800, 0
+    ),
+    DemoInstance(
+        "demo-instance-002",
+        "demo-product-storage",
+        "Storage (per GB-hour)",
+        Decimal("0.0125"),
+        250,
+        2,
+    ),
+    DemoInstance(
+        "demo-instance-003",
+        "demo-product-compute",
+        "Compute (per vCPU-hour)",
+        Decimal("0.18"),
+        6,
+        1,
+    ),
+)
+
+
+def generate_day(now: datetime, seed: int) -> list[dict[str, Any]]:
+    """24 hourly records per instance, for the 24 full hours before ``now``'s hour.
+
+    Usage follows a day curve (busier in the Beijing working day) with seeded noise, so every
+    run with the same seed and hour produces the same records.
+    """
+    rng = random.Random(seed)
+    end_of_day = now.replace(minute=0, second=0, microsecond=0)
+    records = []
+    for hours_back in range(24, 0, -1):
+        begin = end_of_day - timedelta(hours=hours_back)
+        beijing_hour = (begin.hour + 8) % 24
+        busy = 1.6 if 9 <= beijing_hour < 19 else 0.5
+        for instance in DEMO_INSTANCES:
+            value = instance.typical_hourly * busy * rng.uniform(0.7, 1.3)
+            quantity = round(Decimal(repr(value)), instance.decimals) or Decimal(1)
+            records.append(
+                {
+                    "instance_id": instance.instance_id,
+                    "begin_time": begin.isoformat().replace("+00:00", "Z"),
+                    "end_time": (begin + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+                    "usage_value": str(quantity),
+                }
+            )
+    return records
+
+
+def bad_records(now: datetime) -> list[Any]:
+    """Records that can never succeed, one per kind of mistake a seller's code can make."""
+    hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    begin, end = format_time(hour), format_time(hour + timedelta(hours=1))
+    good = {"instance_id": "demo-instance-001", "begin_time": begin, "end_time": end}
+    return [
+        {**good, "usage_value": "1.23456"},
+        {**good, "instance_id": "demo-instance-002", "usage_value": "-4"},
+        {
+            **good,
+            "instance_id": "demo-instance-003",
+            "begin_time": end,
+            "end_time": begin,
+            "usage_value": "2",
+        },
+        {**good, "begin_time": hour.strftime("%Y-%m-%dT%H:%M:%S"), "usage_value": "7"},
+        {"begin_time": begin, "end_time": end, "usage_value": "3"},
+        {**good, "instance_id": "demo-instance-404", "usage_value": "5"},
+    ]
+
+
+def kafka_events(messages: Sequence[str]) -> list[dict[str, Any]]:
+    """Wrap message texts into DMS Kafka trigger events of a dozen messages each."""
+    events = []
+    for start in range(0, len(messages), _MESSAGES_PER_BATCH):
+        events.append(
+            {
+                "event_version": "v1.0",
+                "event_time": 1796112000,
+                "trigger_type": "KAFKA",
+                "region": "cn-north-4",
+                "instance_id": "demo-kafka-instance",
+                "records": [
+                    {
+                        "messages": list(messages[start : start + _MESSAGES_PER_BATCH]),
+                        "topic_id": "usage-events",
+                    }
+                ],
+            }
+        )
+    return events
+
+
+def run_demo(*, input_path: Path | None = None, seed: int = 20261204) -> int:
+    """Run the whole demo and print its report; returns the exit code."""
+    from koogallery.cli import load_handler
+    from koogallery.emulator import Emulator, EmulatorConfig, Instance
+
+    now = datetime.now(timezone.utc)
+    good = _read_input(input_path) if input_path else generate_day(now, seed)
+    bad = bad_records(now)
+    messages = _interleave(
+        [json.dumps(record) for record in good], [json.dumps(record) for record in bad]
+    )
+    events = kafka_events(messages)
+
+    instances = [
+        Instance(
+            instance_id=item.instance_id,
+            product_id=item.product_id,
+            unit_price=item.unit_price,
+            billing_mode="hourly",
+        )
+        for item in DEMO_INSTANCES
+    ]
+    handler = load_handler("usage-push")
+    with Emulator(EmulatorConfig(instances=instances)) as emulator:
+        user_data = _user_data(emulator.url, emulator.config)
+        print(f"KooGallery emulator listening on {emulator.url}")
+        print(
+            f"Delivering {len(good)} hourly usage records for {len(DEMO_INSTANCES)} instances "
+            f"and {len(bad)} bad ones as {len(events)} Kafka trigger batches "
+            f"(batch {_REDELIVERED_BATCH + 1} is delivered twice)"
+        )
+
+        totals: dict[str, int] = {
+            "received": 0,
+            "accepted": 0,
+            "duplicates": 0,
+            "dead_lettered": 0,
+            "pending": 0,
+        }
+        letters: list[dict[str, Any]] = []
+        redelivery: dict[str, Any] = {}
+        deliveries = [*range(len(events)), _REDELIVERED_BATCH]
+        for number, index in enumerate(deliveries):
+            context = LocalContext(user_data=user_data, request_id=f"demo-{number:03d}")
+            result = handler(events[index], context)
+            for key in totals:
+                totals[key] += result[key]
+            label = f"batch {index + 1}" + (" (redelivered)" if number == len(events) else "")
+            letters.extend({**letter, "batch": label} for letter in result["dead_letters"])
+            if number == len(events):
+                redelivery = result
+
+        held = len(emulator.state.records)
+        charges = emulator.state.charges()
+
+    _print_report(totals, redelivery, letters, charges, held)
+    exact = held == len(good) == totals["accepted"]
+    if not exact:
+        print(f"\nMISMATCH: {len(good)} good records, {totals['accepted']} accepted, {held} held")
+    return 0 if exact and totals["pending"] == 0 else 1
+
+
+def _user_data(url: str, config: Any) -> dict[str, str]:
+    credential = config.credentials[0]
+    return {
+        "KOOGALLERY_ENDPOINT": url,
+        "HUAWEICLOUD_SDK_AK": credential.ak,
+        "HUAWEICLOUD_SDK_SK": credential.sk,
+        "KOOGALLERY_SELLER_KEY": config.seller_key,
+        "KOOGALLERY_LOG_LEVEL": "ERROR",
+    }
+
+
+def _interleave(good: list[str], bad: list[str]) -> list[str]:
+    """Spread the bad messages through the day, so they share batches with good ones."""
+    messages = list(good)
+    step = max(1, len(messages) // (len(bad) + 1))
+    for number, message in enumerate(bad, start=1):
+        messages.insert(min(len(messages), number * step + number - 1), message)
+    return messages
+
+
+def _read_input(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def _print_report(
+    totals: dict[str, int],
+    redelivery: dict[str, Any],
+    letters: list[dict[str, Any]],
+    charges: Sequence[Any],
+    held: int,
+) -> None:
+    print()
+    print(f"records pushed                  {totals['received']:>6}")
+    print(f"accepted by KooGallery          {totals['accepted']:>6}")
+    print(
+        f"duplicates on redelivery        {redelivery.get('duplicates', 0):>6}  "
+        f"(batch delivered twice: nothing billed twice, the emulator holds {held} records)"
+    )
+    print(f"dead letters                    {totals['dead_lettered']:>6}")
+    print(f"still pending                   {totals['pending']:>6}")
+    print()
+    print("Dead letters (never retried; fix and replay them):")
+    for letter in letters:
+        origin = letter["origin"]
+        where = f"{letter['batch']}, {origin['trigger']} {origin['source']} #{origin['index']}"
+        print(f"  - {where}: {letter['reason']}")
+    print()
+    print("What KooGallery would charge, per instance:")
+    print(f"  {'instance':<20} {'quantity':>12} {'unit price':>11} {'amount':>12}")
+    for charge in charges:
+        row = charge.as_dict()
+        print(
+            f"  {row['instance_id']:<20} {row['quantity']:>12} {row['unit_price']:>11} "
+            f"{row['amount']:>9} {row.get('currency') or ''}"
+        )

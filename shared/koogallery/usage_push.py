@@ -1,0 +1,110 @@
+"""The usage push function's behaviour, for any trigger, in one call.
+
+``functions/usage_push/index.py`` is a thin FunctionGraph entry point over
+:func:`handle_usage_push`; keeping the behaviour here lets the CLI, the local server and the
+tests run exactly what the cloud runs.
+
+How it treats failures:
+
+- a message or record that can never succeed is dead-lettered (logged, listed in the result);
+  it never fails the batch, and every good record beside it is still pushed;
+- records still undelivered after retries, or when time runs short, make the handler raise
+  after everything else was pushed, so the platform delivers the batch again (harmless: the
+  ``metering_sn`` of every record is the same on every delivery);
+- a configuration error (credentials, signature, unknown path) raises at once, saying what to fix;
+- an APIG trigger gets an HTTP answer instead: 200 with the summary, 400 when nothing in the
+  body is a usage record, 503 when records are still pending.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from koogallery.client import KooGalleryClient
+from koogallery.errors import TransientError
+from koogallery.events import EventFormatError, parse_trigger_event
+from koogallery.functiongraph import (
+    deadline_from_context,
+    http_response,
+    request_id_of,
+    settings_from_context,
+)
+from koogallery.logs import configure_json_logging, request_context
+from koogallery.pipeline import Summary, UsagePipeline
+
+__all__ = ["UsagePushIncomplete", "handle_usage_push"]
+
+logger = logging.getLogger("koogallery.usage_push")
+
+
+class UsagePushIncomplete(TransientError):
+    """Raised after a push that left records pending, so that the platform redelivers the batch.
+
+    ``summary`` holds the counts of what did get through.
+    """
+
+    def __init__(self, summary: Summary) -> None:
+        super().__init__(
+            f"{summary.pending} of {summary.received} usage records are still pending "
+            f"({summary.pending_reason}); the batch must be delivered again, which is safe "
+            "because their metering_sn values do not change"
+        )
+        self.summary = summary
+
+
+def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
+    """Parse ``event``, push its usage records and return the summary (see the module doc)."""
+    request_id = request_id_of(context)
+    with request_context(request_id):
+        settings = settings_from_context(context)
+        configure_json_logging(
+            level=settings.log_level,
+            secrets=[
+                settings.secret_key,
+                settings.security_token,
+                settings.seller_key,
+                settings.access_key,
+            ],
+        )
+
+        try:
+            batch = parse_trigger_event(event)
+        except EventFormatError as error:
+            logger.error(
+                "unrecognised trigger event", extra={"event": "bad_event", "error": str(error)}
+            )
+            if _looks_like_apig(event):
+                return http_response(400, {"error": str(error), "request_id": request_id})
+            raise
+
+        deadline = deadline_from_context(context, settings.deadline_margin_seconds)
+        with KooGalleryClient(settings) as client:
+            summary = UsagePipeline(client).push_messages(batch.messages, deadline=deadline)
+
+        result = {"request_id": request_id, "trigger": batch.trigger, **summary.to_dict()}
+        logger.info(
+            "usage push finished",
+            extra={
+                "event": "push_summary",
+                **{k: v for k, v in result.items() if k != "dead_letters"},
+            },
+        )
+
+        if batch.is_http:
+            return http_response(_http_status(summary), result)
+        if summary.pending:
+            raise UsagePushIncomplete(summary)
+        return result
+
+
+def _http_status(summary: Summary) -> int:
+    if summary.pending:
+        return 503
+    if summary.accepted + summary.duplicates == 0:
+        return 400
+    return 200
+
+
+def _looks_like_apig(event: Any) -> bool:
+    return isinstance(event, dict) and ("requestContext" in event or "httpMethod" in event)
