@@ -23,7 +23,7 @@ import hmac
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -36,6 +36,7 @@ from huaweicloudsdkcore.signer.signer import Signer
 
 from koogallery.emulator import (
     DEFAULT_AK,
+    DEFAULT_DOMAIN_ID,
     DEFAULT_PARTNER_ID,
     DEFAULT_SELLER_KEY,
     DEFAULT_SK,
@@ -94,7 +95,9 @@ class _SignerCredentials:
 def seller_signature(seller_key: str, ts: str, nonce: str, body: bytes) -> str:
     """The v2 ``signature`` header: base64 HMAC-SHA256 over ``ts=..&nonce=..&body=..``."""
     message = f"ts={ts}&nonce={nonce}&body=".encode() + body
-    return base64.b64encode(hmac.new(seller_key.encode(), message, hashlib.sha256).digest()).decode()
+    return base64.b64encode(
+        hmac.new(seller_key.encode(), message, hashlib.sha256).digest()
+    ).decode()
 
 
 @dataclass
@@ -109,7 +112,7 @@ class EmulatorClient:
     clock: ManualClock
     http: httpx.Client
 
-    def send(
+    def sign(
         self,
         method: str,
         path: str,
@@ -120,8 +123,8 @@ class EmulatorClient:
         headers: dict[str, str] | None = None,
         query: Sequence[tuple[str, str]] = (),
         sdk_date: str | None = None,
-    ) -> httpx.Response:
-        """Sign with the official AK/SK signer (every header given is signed) and send."""
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and headers of a request signed by the official signer (all headers signed)."""
         header_params = {
             "Content-Type": "application/json",
             "X-Sdk-Date": sdk_date or compact(self.clock()),
@@ -137,9 +140,14 @@ class EmulatorClient:
             body=body,
         )
         Signer(_SignerCredentials(ak, sk)).sign(request)
-        return self.http.request(
-            method, self.emulator.url + request.uri, headers=request.header_params, content=body
-        )
+        return self.emulator.url + request.uri, dict(request.header_params)
+
+    def send(
+        self, method: str, path: str, body: bytes = b"", **sign_options: Any
+    ) -> httpx.Response:
+        """Sign (see ``sign``) and send one request."""
+        url, headers = self.sign(method, path, body, **sign_options)
+        return self.http.request(method, url, headers=headers, content=body)
 
     def push_v2(
         self,
@@ -180,6 +188,27 @@ class EmulatorClient:
         """POST to the legacy endpoint of a partner (AK/SK only, camelCase body)."""
         body = dumps({"usageRecords": records})
         return self.send("POST", legacy_path(partner_id), body, **send_options)
+
+    def get(
+        self,
+        path: str,
+        query: Mapping[str, Any] | Sequence[tuple[str, Any]] = (),
+        *,
+        domain_id: str | None = DEFAULT_DOMAIN_ID,
+        headers: dict[str, str] | None = None,
+        **sign_options: Any,
+    ) -> httpx.Response:
+        """A signed GET with a query (the bill APIs), sending ``X-Domain-Id`` unless None."""
+        pairs = list(query.items()) if isinstance(query, Mapping) else list(query)
+        extra = {"X-Domain-Id": domain_id} if domain_id is not None else {}
+        url, signed = self.sign(
+            "GET",
+            path,
+            query=[(name, str(value)) for name, value in pairs],
+            headers={**extra, **(headers or {})},
+            **sign_options,
+        )
+        return self.http.get(url, headers=signed)
 
     def admin(self, method: str, route: str, body: Any = None) -> httpx.Response:
         """Call ``/_emulator/{route}`` with an optional JSON body."""

@@ -28,6 +28,7 @@ from koogallery.emulator import (
 from koogallery.errors import AuthenticationError, ConfigurationError
 from koogallery.models import UsageRecord
 
+
 def _hour_ago(hours: int) -> datetime:
     return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(
         hours=hours
@@ -116,7 +117,9 @@ def test_ten_records_are_accepted_and_held_once(emulator: Emulator) -> None:
     assert held == {record.sn: record.usage_value for record in records}
 
 
-def test_2500_records_make_three_requests(emulator: Emulator, transport: RecordingTransport) -> None:
+def test_2500_records_make_three_requests(
+    emulator: Emulator, transport: RecordingTransport
+) -> None:
     with _client(emulator, transport) as client:
         result = client.push_usage(_records(2500))
 
@@ -315,14 +318,16 @@ def test_wrong_secret_key_is_an_apig_authentication_error(emulator: Emulator) ->
 def test_temporary_credentials_with_security_token_are_accepted() -> None:
     credential = Credential("FAKETEMPAK0000000000", "fake-temp-sk", security_token="fake-token")
     config = EmulatorConfig(instances=INSTANCES, credentials=[credential])
-    with Emulator(config) as emulator:
-        with _client(
+    with (
+        Emulator(config) as emulator,
+        _client(
             emulator,
             access_key="FAKETEMPAK0000000000",
             secret_key="fake-temp-sk",
             security_token="fake-token",
-        ) as client:
-            result = client.push_usage(_records(2))
+        ) as client,
+    ):
+        result = client.push_usage(_records(2))
 
     assert len(result.accepted) == 2
 

@@ -88,7 +88,7 @@ def test_cli_serves_the_instances_of_its_config_file(run_cli, tmp_path: Path) ->
 
 
 def test_cli_refuses_a_non_loopback_host_with_status_2(run_cli) -> None:
-    process = _start(run_cli, "--host", "0.0.0.0", "--port", "0")
+    process = _start(run_cli, "--host", "0.0.0.0", "--port", "0")  # noqa: S104 (refused)
 
     _, stderr = process.communicate(timeout=10)
 

@@ -82,7 +82,9 @@ def test_fault_sequence_is_consumed_in_order_before_rates_apply(client) -> None:
 
     for hours_ago in range(1, 6):
         try:
-            outcomes.append(client.push_v2([v2_record(client.clock, hours_ago=hours_ago)]).status_code)
+            outcomes.append(
+                client.push_v2([v2_record(client.clock, hours_ago=hours_ago)]).status_code
+            )
         except httpx.RemoteProtocolError:
             outcomes.append("dropped")
 

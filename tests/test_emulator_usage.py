@@ -396,7 +396,7 @@ def test_unknown_instance_is_accepted_when_accept_any_instance_is_on(start_emula
     response = client.push_v2([v2_record(client.clock, instance_id="inst-anything")])
 
     assert response.json() == SUCCESS
-    (charge,) = client.emulator.state.charges()
+    (charge,) = client.emulator.state.charges
     assert (charge.instance_id, charge.quantity, charge.unit_price, charge.amount) == (
         "inst-anything",
         Decimal("1"),
@@ -462,7 +462,11 @@ def test_replayed_nonce_is_rejected_with_mkt_0102(client) -> None:
     replay = client.push_v2([v2_record(client.clock, hours_ago=2)], nonce="nonce-once")
 
     assert first.json() == SUCCESS
-    assert _error(replay) == (400, "MKT.0102", "Invalid body sign: nonce nonce-once was already used")
+    assert _error(replay) == (
+        400,
+        "MKT.0102",
+        "Invalid body sign: nonce nonce-once was already used",
+    )
     assert len(client.emulator.state.records) == 1
 
 
@@ -577,7 +581,7 @@ def test_charges_are_stored_quantity_times_unit_price_exactly(client) -> None:
         ]
     )
 
-    charges = {charge.instance_id: charge for charge in client.emulator.state.charges()}
+    charges = {charge.instance_id: charge for charge in client.emulator.state.charges}
 
     hourly, daily = charges[HOURLY.instance_id], charges[DAILY.instance_id]
     assert (hourly.quantity, hourly.unit_price, hourly.amount) == (
@@ -630,7 +634,9 @@ def test_every_response_carries_a_unique_request_id(client) -> None:
 
 
 def test_concurrent_pushes_from_several_threads_are_stored_once(client) -> None:
-    shared = [v2_record(client.clock, hours_ago=n, metering_sn=f"shared-{n}") for n in range(1, 51)]
+    shared = [
+        v2_record(client.clock, hours_ago=n, metering_sn=f"shared-{n}") for n in range(1, 51)
+    ]
     outcomes: list[int] = []
     lock = threading.Lock()
 

@@ -323,7 +323,10 @@ def test_wrong_seller_key_raises_at_once_and_says_what_to_fix(emulator: Emulator
 
 def test_agency_credentials_are_used_when_no_ak_is_configured(emulator: Emulator) -> None:
     context = LocalContext(
-        user_data={"KOOGALLERY_ENDPOINT": emulator.url, "KOOGALLERY_SELLER_KEY": DEFAULT_SELLER_KEY},
+        user_data={
+            "KOOGALLERY_ENDPOINT": emulator.url,
+            "KOOGALLERY_SELLER_KEY": DEFAULT_SELLER_KEY,
+        },
         security_access_key=DEFAULT_AK,
         security_secret_key=DEFAULT_SK,
     )
@@ -346,7 +349,9 @@ def test_logs_are_json_lines_with_request_id_and_never_a_secret(
     entries = [json.loads(line) for line in lines]
     entries = [entry for entry in entries if not entry["logger"].startswith("koogallery.emulator")]
     assert {entry["request_id"] for entry in entries} == {"req-test-0001"}
-    assert {"push_attempt", "dead_letter", "push_summary"} <= {entry.get("event") for entry in entries}
+    assert {"push_attempt", "dead_letter", "push_summary"} <= {
+        entry.get("event") for entry in entries
+    }
     everything = "\n".join(lines) + json.dumps(result)
     for secret in (DEFAULT_SK, seller_key):
         assert secret not in everything

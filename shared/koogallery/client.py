@@ -206,14 +206,24 @@ class KooGalleryClient:
         return self.settings.endpoints[self._endpoint_index]
 
     def push_usage(
-        self, records: Sequence[UsageRecord], *, deadline: float | None = None
+        self,
+        records: Sequence[UsageRecord],
+        *,
+        deadline: float | None = None,
+        observer: PushObserver | None = None,
     ) -> PushResult:
         """Deliver ``records``; ``deadline`` is a ``time.monotonic()`` value never to pass.
 
         Returns each record's outcome. Raises :class:`ConfigurationError` when the platform
         refuses the credentials or signature; outcomes settled before that were already
-        reported to the observer.
+        reported to the observer (``observer`` replaces the client's own for this call).
         """
+        if observer is not None:
+            previous, self._observer = self._observer, observer
+            try:
+                return self.push_usage(records, deadline=deadline)
+            finally:
+                self._observer = previous
         result = PushResult()
         outcomes: list[RecordOutcome | None] = [None] * len(records)
         sendable = self._render_check(records, outcomes, result)

@@ -10,8 +10,10 @@ the same way), are validated once, and hold every secret as ``SecretStr`` so tha
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from koogallery.errors import ConfigurationError
 
 __all__ = [
+    "BILL_ENDPOINTS",
     "FALLBACK_ENDPOINT",
     "SITE_ENDPOINTS",
     "USAGE_PATHS",
@@ -46,6 +49,13 @@ USAGE_PATHS: Mapping[str, str] = {
     "v1": "/rest/marketplace/v1/isv/usage-data",
     "legacy": "/v1.0/{partner_id}/billing/bill-mgr/push-usage-data",
 }
+
+BILL_ENDPOINTS: Mapping[str, str] = {
+    "cn": "https://bss.myhuaweicloud.com",
+    "intl": "https://bss-intl.myhuaweicloud.com",
+    "eu": "https://bss.myhuaweicloud.eu",
+}
+"""Partner Center (BSS) hosts, per site, for the bill APIs."""
 
 MAX_CHUNK_SIZE = 1000
 """The usage API refuses more records than this in one request (``MKT.9003``)."""
@@ -77,6 +87,13 @@ class Settings(BaseModel):
     verify_tls: bool = True
     deadline_margin_seconds: float = Field(default=3.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ledger_url: SecretStr | None = None
+    billing_mode: Literal["hourly", "daily"] = "hourly"
+    bill_endpoint: str | None = None
+    domain_id: str | None = None
+    bill_ready_margin_minutes: int = Field(default=120, ge=0, le=7 * 24 * 60)
+    reconcile_tolerance: Decimal = Field(default=Decimal("0.01"), ge=0)
+    unit_prices: dict[str, Decimal] = Field(default_factory=dict)
 
     @field_validator("endpoint")
     @classmethod
@@ -88,6 +105,34 @@ class Settings(BaseModel):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"{url!r} must start with http:// or https://")
         return ",".join(urls)
+
+    @field_validator("bill_endpoint")
+    @classmethod
+    def _bill_endpoint_has_scheme(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https://")
+        return value
+
+    @field_validator("unit_prices", mode="before")
+    @classmethod
+    def _prices_from_json(cls, value: object) -> object:
+        """``KOOGALLERY_UNIT_PRICES`` is JSON: ``{"<instance_id>": "0.5", ...}``."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value, parse_float=Decimal)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"is not a JSON object of prices: {error.msg}") from None
+        return value
+
+    @property
+    def bill_endpoints(self) -> tuple[str, ...]:
+        """The bill API host: ``KOOGALLERY_BILL_ENDPOINT`` when set (then nothing else)."""
+        if self.bill_endpoint is not None:
+            return (self.bill_endpoint,)
+        return (BILL_ENDPOINTS[self.site],)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -124,6 +169,23 @@ class Settings(BaseModel):
                 f"usage API {self.usage_api!r} needs {', '.join(missing)}: set "
                 f"{'it' if len(missing) == 1 else 'them'} in the environment or the function's "
                 "user data"
+            )
+
+    def require_bill_credentials(self) -> None:
+        """Fail before any request when the bill APIs' credentials are missing."""
+        missing = [
+            name
+            for name, value in (
+                ("HUAWEICLOUD_SDK_AK", self.access_key),
+                ("HUAWEICLOUD_SDK_SK", self.secret_key),
+                ("HUAWEICLOUD_SDK_DOMAIN_ID", self.domain_id),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"the bill APIs need {', '.join(missing)}: set them in the environment or the "
+                "function's user data (the domain id is the account id; no IAM look-up is made)"
             )
 
     @classmethod
@@ -166,6 +228,13 @@ _ENV_NAMES = {
     "verify_tls": "KOOGALLERY_VERIFY_TLS",
     "deadline_margin_seconds": "KOOGALLERY_DEADLINE_MARGIN_SECONDS",
     "log_level": "KOOGALLERY_LOG_LEVEL",
+    "ledger_url": "KOOGALLERY_LEDGER_URL",
+    "billing_mode": "KOOGALLERY_BILLING_MODE",
+    "bill_endpoint": "KOOGALLERY_BILL_ENDPOINT",
+    "domain_id": "HUAWEICLOUD_SDK_DOMAIN_ID",
+    "bill_ready_margin_minutes": "KOOGALLERY_BILL_READY_MARGIN_MINUTES",
+    "reconcile_tolerance": "KOOGALLERY_RECONCILE_TOLERANCE",
+    "unit_prices": "KOOGALLERY_UNIT_PRICES",
 }
 
 

@@ -192,7 +192,7 @@ def run_demo(*, input_path: Path | None = None, seed: int = 20261204) -> int:
                 redelivery = result
 
         held = len(emulator.state.records)
-        charges = emulator.state.charges()
+        charges = emulator.state.charges
 
     _print_report(totals, redelivery, letters, charges, held)
     exact = held == len(good) == totals["accepted"]

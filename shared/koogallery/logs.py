@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -79,7 +79,13 @@ class JsonFormatter(logging.Formatter):
         return line
 
 
-class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    _StreamHandler = logging.StreamHandler[IO[str]]
+else:  # logging's handlers are subscriptable only from Python 3.11
+    _StreamHandler = logging.StreamHandler
+
+
+class _StdoutHandler(_StreamHandler):
     """Writes to whatever ``sys.stdout`` is at the moment of each line.
 
     A host that swaps stdout (a test runner capturing output, a local server) keeps getting
@@ -89,7 +95,7 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stdout
 

@@ -55,7 +55,12 @@ def _load_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> E
     return config
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, installed before the URL is printed.
+
+    A parent may signal as soon as it has read the URL; installing the handlers first means that
+    signal always leads to a clean stop instead of the default abrupt exit.
+    """
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -63,8 +68,7 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    while not stop.wait(0.5):
-        continue
+    return stop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,9 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    stop = _stop_on_signals()
     with emulator:
         print(emulator.url, flush=True)
-        _wait_for_signal()
+        while not stop.wait(0.5):
+            continue
 
     return 0
 

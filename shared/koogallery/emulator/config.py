@@ -14,10 +14,17 @@ defaults are obviously fake values that only this emulator accepts:
       "accept_any_instance": false,
       "instances": [
         {"instance_id": "inst-1", "product_id": "prod-1", "unit_price": "0.5",
-         "billing_mode": "hourly", "currency": "CNY", "entities": ["times"]}
+         "billing_mode": "hourly", "currency": "CNY", "entities": ["times"],
+         "customer_id": "customer-inst-1"}
       ],
       "faults": {"rates": {"500": 0.1}, "sequence": ["drop", "ok"], "latency_ms": [5, 20],
-                 "seed": 7}
+                 "seed": 7},
+      "domain_id": "emulator-domain-id",
+      "partner_entitled": true,
+      "bills_unsupported": false,
+      "bill_currency": null,
+      "tax_rate": "0",
+      "bill_faults": {"sequence": ["429", "ok"]}
     }
 
 - ``credentials``: the APIG AK/SK pairs the gateway accepts. ``security_token`` makes a pair
@@ -27,9 +34,21 @@ defaults are obviously fake values that only this emulator accepts:
 - ``partner_id``: the id the legacy path must carry.
 - ``instances``: ``unit_price`` is a decimal string (a number is read through its text, never
   through a float); ``billing_mode`` is ``hourly`` or ``daily``; ``currency`` defaults to ``CNY``;
-  ``entities`` (the legacy API's metering entity names) defaults to ``["times"]``.
+  ``entities`` (the legacy API's metering entity names) defaults to ``["times"]``;
+  ``customer_id`` (the sub-customer the bill APIs charge the instance to) defaults to
+  ``customer-{instance_id}``.
 - ``accept_any_instance``: accept records for instances that were never registered.
-- ``faults``: a fault plan in force from the start (see ``faults.FaultPlan``).
+- ``faults``: a fault plan in force from the start for the usage APIs (see ``faults.FaultPlan``).
+- ``domain_id``: the account id the bill APIs expect in ``X-Domain-Id``.
+- ``partner_entitled``: false makes every bill API answer 403 CBC.0151, as for an account that
+  is not a solution provider or distributor.
+- ``bills_unsupported``: true makes every bill path answer 404 APIG.0101, as on a site that does
+  not publish the bill APIs.
+- ``bill_currency``: the currency the bills are in; by default the first registered instance's
+  currency, else ``CNY``.
+- ``tax_rate``: a decimal string; the monthly summary's ``tax_amount`` is the consumption times
+  this rate, rounded half-up to 2 places (default ``0``).
+- ``bill_faults``: a fault plan in force from the start for the bill APIs.
 
 Unknown keys are refused, so a misspelt setting fails loudly instead of being ignored.
 """
@@ -48,6 +67,7 @@ from koogallery.emulator.variants import Api
 
 __all__ = [
     "DEFAULT_AK",
+    "DEFAULT_DOMAIN_ID",
     "DEFAULT_PARTNER_ID",
     "DEFAULT_SELLER_KEY",
     "DEFAULT_SK",
@@ -55,12 +75,14 @@ __all__ = [
     "Credential",
     "EmulatorConfig",
     "Instance",
+    "default_customer_id",
 ]
 
 DEFAULT_AK = "EMULATORAK0000000000"
 DEFAULT_SK = "emulator-secret-key-not-real"
 DEFAULT_SELLER_KEY = "emulator-seller-key-not-real"
 DEFAULT_PARTNER_ID = "emulator-partner"
+DEFAULT_DOMAIN_ID = "emulator-domain-id"
 
 BillingMode = Literal["hourly", "daily"]
 _BILLING_MODES = ("hourly", "daily")
@@ -80,6 +102,11 @@ def _decimal_from_text(value: object, name: str) -> Decimal:
         raise ValueError(f"{name} must be a finite decimal >= 0, not {value!r}")
 
     return number
+
+
+def default_customer_id(instance_id: str) -> str:
+    """The customer an instance is billed to when none was chosen: one customer per instance."""
+    return f"customer-{instance_id}"
 
 
 def _check_keys(
@@ -137,6 +164,9 @@ class Instance:
     """A pay-per-use instance the platform knows, with the price its usage is charged at.
 
     Instance("inst-1", product_id="prod-1", unit_price=Decimal("0.5"))
+
+    ``customer_id`` is the buyer the bill APIs charge the usage to; left empty, it becomes
+    ``customer-{instance_id}``, so every instance has a customer of its own.
     """
 
     instance_id: str
@@ -145,10 +175,14 @@ class Instance:
     billing_mode: BillingMode = "hourly"
     currency: str = "CNY"
     entities: tuple[str, ...] = ("times",)
+    customer_id: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.instance_id) <= _MAX_ID_LENGTH:
             raise ValueError(f"instance_id must hold 1..64 characters: {self.instance_id!r}")
+
+        if not self.customer_id:
+            object.__setattr__(self, "customer_id", default_customer_id(self.instance_id))
 
         if self.billing_mode not in _BILLING_MODES:
             raise ValueError(f"billing_mode must be hourly or daily, not {self.billing_mode!r}")
@@ -166,7 +200,7 @@ class Instance:
         _check_keys(
             data,
             ("instance_id", "product_id", "unit_price"),
-            ("billing_mode", "currency", "entities"),
+            ("billing_mode", "currency", "entities", "customer_id"),
             "instance",
         )
         entities = data.get("entities", ("times",))
@@ -180,11 +214,16 @@ class Instance:
             billing_mode=data.get("billing_mode", "hourly"),
             currency=str(data.get("currency", "CNY")),
             entities=tuple(entities),
+            customer_id=str(data.get("customer_id") or ""),
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form, with the price as a decimal string."""
-        return {
+        """The JSON form, with the price as a decimal string.
+
+        ``customer_id`` appears only when it was chosen, so the form of an instance without one
+        reads exactly as it is written in a config file.
+        """
+        data: dict[str, Any] = {
             "instance_id": self.instance_id,
             "product_id": self.product_id,
             "unit_price": format(self.unit_price, "f"),
@@ -192,6 +231,10 @@ class Instance:
             "currency": self.currency,
             "entities": list(self.entities),
         }
+        if self.customer_id != default_customer_id(self.instance_id):
+            data["customer_id"] = self.customer_id
+
+        return data
 
 
 @dataclass(frozen=True)
@@ -207,10 +250,17 @@ class EmulatorConfig:
     partner_id: str = DEFAULT_PARTNER_ID
     accept_any_instance: bool = False
     faults: FaultPlan | None = None
+    domain_id: str = DEFAULT_DOMAIN_ID
+    partner_entitled: bool = True
+    bills_unsupported: bool = False
+    bill_currency: str | None = None
+    tax_rate: Decimal = Decimal(0)
+    bill_faults: FaultPlan | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "instances", tuple(self.instances))
         object.__setattr__(self, "credentials", tuple(self.credentials))
+        object.__setattr__(self, "tax_rate", _decimal_from_text(self.tax_rate, "tax_rate"))
 
         if not self.credentials:
             raise ValueError("at least one credential is needed")
@@ -221,6 +271,12 @@ class EmulatorConfig:
 
         if not self.seller_key or not self.partner_id:
             raise ValueError("seller_key and partner_id must not be empty")
+
+        if not self.domain_id:
+            raise ValueError("domain_id must not be empty")
+
+        if self.bill_currency is not None and not self.bill_currency:
+            raise ValueError("bill_currency must be a currency code or null")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EmulatorConfig:
@@ -235,12 +291,20 @@ class EmulatorConfig:
                 "accept_any_instance",
                 "instances",
                 "faults",
+                "domain_id",
+                "partner_entitled",
+                "bills_unsupported",
+                "bill_currency",
+                "tax_rate",
+                "bill_faults",
             ),
             "config",
         )
         defaults = cls()
         credentials = data.get("credentials")
         faults = data.get("faults")
+        bill_faults = data.get("bill_faults")
+        bill_currency = data.get("bill_currency")
         return cls(
             instances=tuple(Instance.from_dict(item) for item in data.get("instances", ())),
             credentials=(
@@ -252,6 +316,12 @@ class EmulatorConfig:
             partner_id=str(data.get("partner_id", defaults.partner_id)),
             accept_any_instance=bool(data.get("accept_any_instance", False)),
             faults=FaultPlan.from_dict(faults) if faults is not None else None,
+            domain_id=str(data.get("domain_id", defaults.domain_id)),
+            partner_entitled=bool(data.get("partner_entitled", True)),
+            bills_unsupported=bool(data.get("bills_unsupported", False)),
+            bill_currency=None if bill_currency is None else str(bill_currency),
+            tax_rate=_decimal_from_text(data.get("tax_rate", "0"), "tax_rate"),
+            bill_faults=FaultPlan.from_dict(bill_faults) if bill_faults is not None else None,
         )
 
     @classmethod

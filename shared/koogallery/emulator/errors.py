@@ -1,7 +1,7 @@
 """The error table the emulator answers with, and the exception that carries one entry.
 
-Every refusal of a usage request, from the gateway or from the platform behind it, leaves the
-emulator as ``{"error_code": ..., "error_msg": ...}`` with a fixed HTTP status. Keeping the
+Every refusal of a usage or bill request, from the gateway or from the platform behind it, leaves
+the emulator as ``{"error_code": ..., "error_msg": ...}`` with a fixed HTTP status. Keeping the
 whole table on one page means a test can name the exact code a client must react to, and a reader
 can compare it with the published KooGallery table line by line.
 
@@ -25,6 +25,17 @@ can compare it with the published KooGallery table line by line.
     APIG_EXPIRED   APIG.0304 401  ``X-Sdk-Date`` more than 15 minutes from the emulator's clock
     APIG_NOT_FOUND APIG.0101 404  no API is published at this method and path
     APIG_TOO_LARGE APIG.0201 413  the body exceeds the gateway's 12 MiB limit for AK/SK calls
+
+The bill (BSS) APIs answer with the billing system's ``CBC`` codes and two more gateway codes:
+
+    ErrorCode                     HTTP  meaning
+    ----------------------------  ----  -------------------------------------------------
+    CBC_BAD_PARAMETER   CBC.0100   400  a malformed, out-of-range or not-yet-closed cycle
+    CBC_TOKEN           CBC.0154   401  the security token is missing or wrong
+    CBC_NO_ACCESS       CBC.0151   403  wrong ``X-Domain-Id``, or the account is no partner
+    CBC_INTERNAL        CBC.0999   500  system error (the injected bill ``500`` fault)
+    APIG_THROTTLED      APIG.0308  429  over the rate limit (the injected bill ``429`` fault)
+    APIG_NOT_PUBLISHED  APIG.0101  404  the site does not publish this bill API
 """
 
 from __future__ import annotations
@@ -35,12 +46,18 @@ __all__ = [
     "APIG_AUTH",
     "APIG_EXPIRED",
     "APIG_NOT_FOUND",
+    "APIG_NOT_PUBLISHED",
     "APIG_SIGNATURE",
+    "APIG_THROTTLED",
     "APIG_TOO_LARGE",
     "BAD_BODY_SIGN",
     "BAD_ENTITY",
     "BAD_INPUT",
     "BAD_PARAMETER",
+    "CBC_BAD_PARAMETER",
+    "CBC_INTERNAL",
+    "CBC_NO_ACCESS",
+    "CBC_TOKEN",
     "ILLEGAL_OP",
     "ILLEGAL_TOKEN",
     "INTERNAL",
@@ -84,10 +101,20 @@ APIG_NOT_FOUND = ErrorCode(
     "APIG.0101", 404, "The API does not exist or has not been published in the environment"
 )
 APIG_TOO_LARGE = ErrorCode("APIG.0201", 413, "Request entity too large")
+APIG_NOT_PUBLISHED = ErrorCode("APIG.0101", 404, "API not exist or not published")
+APIG_THROTTLED = ErrorCode(
+    "APIG.0308",
+    429,
+    "The throttling threshold has been reached: policy user over ratelimit,limit:10,time:1 second",
+)
+CBC_BAD_PARAMETER = ErrorCode("CBC.0100", 400, "Invalid parameter")
+CBC_TOKEN = ErrorCode("CBC.0154", 401, "Illegal token")
+CBC_NO_ACCESS = ErrorCode("CBC.0151", 403, "domain_id has no access to this api")
+CBC_INTERNAL = ErrorCode("CBC.0999", 500, "System internal error.")
 
 
 class ApiError(Exception):
-    """A refusal of a usage request, raised anywhere in the pipeline and answered as-is.
+    """A refusal of a usage or bill request, raised anywhere in the pipeline and answered as-is.
 
     The detail names what was wrong (for records: the index and the field), so a failing
     client test points at the exact input instead of a bare code.

@@ -1,4 +1,4 @@
-"""Injected failures for the usage endpoints: errors, dropped connections and added latency.
+"""Injected failures for the usage and bill endpoints: errors, dropped connections and latency.
 
 A client is only as good as its behaviour when the platform misbehaves, so the emulator can be
 told to misbehave on purpose, reproducibly:
@@ -19,6 +19,15 @@ failing run can be replayed exactly. The fault kinds are:
 
 ``latency_ms`` delays every usage request, either by a fixed number of milliseconds or by a
 uniform draw from a ``[min, max]`` range. Admin routes never see faults.
+
+The bill APIs draw from a plan of their own (``emu.set_bill_faults(plan)``), so a test can break
+the bill fetch without touching the usage push, or the other way round. The same kinds mean:
+
+    500                HTTP 500 CBC.0999 before the request is looked at
+    429                HTTP 429 APIG.0308 (the gateway's throttling answer)
+    drop               the connection is closed without a response
+    drop_after_commit  the bill is computed, then the connection is closed without a response;
+                       a bill read changes nothing, so to a client this is the same as ``drop``
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ __all__ = ["Fault", "FaultInjector", "FaultPlan"]
 
 
 class Fault(str, Enum):
-    """What happens to one usage request; the value is the name used in plans and logs."""
+    """What happens to one request; the value is the name used in plans and logs."""
 
     OK = "ok"
     ERROR_500 = "500"
@@ -141,7 +150,7 @@ class FaultPlan:
 
 
 class FaultInjector:
-    """Draws the fault for each usage request from the current plan, safely across threads.
+    """Draws the fault for each request from the current plan, safely across threads.
 
     The draw happens under a lock so that concurrent requests consume the sequence one entry
     each, in arrival order, and the seeded generator yields the same series on every run.
@@ -178,7 +187,7 @@ class FaultInjector:
         self.set_plan(FaultPlan())
 
     def next_fault(self) -> Fault:
-        """The fault for the next usage request: the next sequence entry, else a rate draw."""
+        """The fault for the next request: the next sequence entry, else a rate draw."""
         with self._lock:
             if self._remaining:
                 return self._remaining.popleft()
@@ -186,7 +195,7 @@ class FaultInjector:
             return self._draw_from_rates()
 
     def next_delay_seconds(self) -> float:
-        """How long to hold the next usage request before handling it."""
+        """How long to hold the next request before handling it."""
         with self._lock:
             latency = self._plan.latency_ms
             if latency is None:

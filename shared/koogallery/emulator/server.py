@@ -3,6 +3,7 @@
     with Emulator(EmulatorConfig(instances=[instance])) as emu:
         httpx.post(emu.url + V2_PATH, ...)
         emu.state.records
+        emu.bills.view("2026-11")
 
 The server refuses to bind anything but a loopback address: it holds fake credentials, answers
 admin calls without authentication, and must never be reachable from another machine. It speaks
@@ -18,15 +19,16 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
 
 from koogallery.emulator.admin import ADMIN_PREFIX, AdminApi
+from koogallery.emulator.bills import BillApi, BillBook, BillDiscrepancy, match_bill_route
 from koogallery.emulator.config import EmulatorConfig, Instance
-from koogallery.emulator.errors import APIG_TOO_LARGE, BAD_PARAMETER, ErrorCode
+from koogallery.emulator.errors import APIG_TOO_LARGE, BAD_PARAMETER, INTERNAL, ErrorCode
 from koogallery.emulator.exchange import IncomingRequest, Reply
 from koogallery.emulator.faults import FaultInjector, FaultPlan
 from koogallery.emulator.state import EmulatorState
@@ -113,6 +115,10 @@ class _HttpServer(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(connection)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log at DEBUG what the base class would print to stderr (mostly vanished clients)."""
+        logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+
     def close_connections(self) -> None:
         """Shut every open connection, waking handler threads blocked on idle keep-alives."""
         with self._connections_lock:
@@ -161,6 +167,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._serve()
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("http %s " + format, self.client_address[0], *args)
 
@@ -177,7 +186,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(self._server.refuse(request, refused.error, refused.detail))
             return
 
-        reply = self._server.route(IncomingRequest(self.command, path, query, headers, body))
+        request = IncomingRequest(self.command, path, query, headers, body)
+        try:
+            reply = self._server.route(request)
+        except Exception:
+            logger.exception("request %s %s failed inside the emulator", self.command, path)
+            reply = self._server.refuse(request, INTERNAL, "unexpected emulator failure")
+
         if reply.drop:
             self._drop()
             return
@@ -220,6 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 raise _RequestRefused(BAD_PARAMETER, "malformed chunked body") from None
 
+            if size < 0:
+                raise _RequestRefused(BAD_PARAMETER, "malformed chunked body")
+
             if size == 0:
                 break
 
@@ -255,14 +273,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Emulator:
-    """A local KooGallery usage API on a loopback port, with its state and fault controls.
+    """A local KooGallery usage and bill API on a loopback port, with its state and controls.
 
         with Emulator(EmulatorConfig(instances=[instance]), port=0) as emu:
             emu.url        # "http://127.0.0.1:54321"
             emu.set_faults(FaultPlan(rates={"500": 0.2}, seed=7))
+            emu.bills.view("2026-11").summary
 
     ``clock`` is the platform's "now" (UTC-aware) for every time rule: the APIG date skew, the
-    body-signature ``ts`` and nonce window, the 21-day and 5-minute record rules.
+    body-signature ``ts`` and nonce window, the 21-day and 5-minute record rules, and whether a
+    bill cycle is closed.
     """
 
     def __init__(
@@ -281,15 +301,39 @@ class Emulator:
             self.config.instances, accept_any_instance=self.config.accept_any_instance
         )
         self.faults = FaultInjector(self.config.faults)
+        self.bill_faults = FaultInjector(self.config.bill_faults)
+        self.bills = BillBook(
+            self.state,
+            partner_id=self.config.partner_id,
+            bill_currency=self.config.bill_currency,
+            tax_rate=self.config.tax_rate,
+        )
+        credentials = {credential.ak: credential for credential in self.config.credentials}
         self._usage = UsageApi(
             self.state,
             self.faults,
-            credentials={credential.ak: credential for credential in self.config.credentials},
+            credentials=credentials,
             seller_key=self.config.seller_key,
             partner_id=self.config.partner_id,
             clock=self._clock,
         )
-        self._admin = AdminApi(self.state, self.faults, clock=self._clock)
+        self._bill_api = BillApi(
+            self.bills,
+            self.bill_faults,
+            state=self.state,
+            credentials=credentials,
+            domain_id=self.config.domain_id,
+            partner_entitled=self.config.partner_entitled,
+            bills_unsupported=self.config.bills_unsupported,
+            clock=self._clock,
+        )
+        self._admin = AdminApi(
+            self.state,
+            self.faults,
+            clock=self._clock,
+            bills=self.bills,
+            bill_faults=self.bill_faults,
+        )
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -349,6 +393,8 @@ class Emulator:
         if server is None:
             return
 
+        url = self.url
+
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -357,7 +403,7 @@ class Emulator:
 
         self._server = None
         self._thread = None
-        logger.info("emulator on port %s stopped", self._port)
+        logger.info("emulator on %s stopped", url)
 
     def add_instance(self, *instances: Instance) -> None:
         """Register instances (or replace the settings of ids already known)."""
@@ -371,14 +417,47 @@ class Emulator:
         """Stop injecting faults."""
         self.faults.clear()
 
+    def set_bill_faults(self, plan: FaultPlan) -> None:
+        """Inject faults into the bill APIs from now on, replacing any earlier bill plan."""
+        self.bill_faults.set_plan(plan)
+
+    def clear_bill_faults(self) -> None:
+        """Stop injecting faults into the bill APIs."""
+        self.bill_faults.clear()
+
+    def inject_bill_discrepancy(
+        self, discrepancy: BillDiscrepancy | Mapping[str, Any]
+    ) -> BillDiscrepancy:
+        """Make the bills differ from the stored usage (see ``bills``); returns what was added.
+
+        emu.inject_bill_discrepancy({"kind": "drop_line", "instance_id": "i", "cycle": "2026-11"})
+        """
+        if not isinstance(discrepancy, BillDiscrepancy):
+            discrepancy = BillDiscrepancy.from_dict(discrepancy)
+
+        self.bills.inject(discrepancy)
+        return discrepancy
+
+    def clear_bill_discrepancies(self) -> None:
+        """Serve bills that follow the stored usage exactly again."""
+        self.bills.clear()
+
     def reset(self) -> None:
-        """Forget records, duplicates, the request log, nonces and faults; keep instances."""
+        """Forget records, duplicates, the log, nonces, faults and bill discrepancies.
+
+        Instances and settings stay.
+        """
         self.state.reset()
         self.faults.clear()
+        self.bill_faults.clear()
+        self.bills.clear()
 
     def _route(self, request: IncomingRequest) -> Reply:
         if request.path.startswith(ADMIN_PREFIX) or request.path == ADMIN_PREFIX.rstrip("/"):
             return self._admin.handle(request)
+
+        if match_bill_route(request.path) is not None:
+            return self._bill_api.handle(request)
 
         return self._usage.handle(request)
 

@@ -1,6 +1,6 @@
 """Everything the emulator remembers: instances, stored records, duplicates and the request log.
 
-One lock guards it all. Snapshots (``records``, ``duplicates``, ``requests``, ``charges()``)
+One lock guards it all. Snapshots (``records``, ``duplicates``, ``requests``, ``charges``)
 are immutable tuples copied under that lock, so a test can read them while clients keep pushing.
 
 The platform keeps the first write: a record whose ``metering_sn`` is already held, or whose
@@ -289,6 +289,7 @@ class EmulatorState:
         with self._lock:
             self._requests.append(entry)
 
+    @property
     def charges(self) -> tuple[Charge, ...]:
         """Per instance: stored quantity times unit price, registered instances first."""
         with self._lock:
