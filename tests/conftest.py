@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.postgres_fixtures import postgres_schema_url, postgres_url
+
+__all__ = ["NonLoopbackConnectionError", "postgres_schema_url", "postgres_url"]
+
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
 
@@ -75,3 +79,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def loopback_guard() -> Iterator[type[NonLoopbackConnectionError]]:
     """The error class the guard raises, for tests that pin the guard itself."""
     yield NonLoopbackConnectionError
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_ledger_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty ledger database of each backend, so every ledger behaviour runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    url: str = request.getfixturevalue("postgres_schema_url")
+    return url

@@ -25,6 +25,14 @@ from koogallery.sources import read_records
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def ledger_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Each test gets its own embedded ledger, never the working folder's default one."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("KOOGALLERY_LEDGER_URL", url)
+    return url
+
+
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     instances = [
@@ -124,11 +132,30 @@ def test_push_again_counts_duplicates_and_exits_0(
     source.write_text("\n".join(json.dumps(_record(h)) for h in range(2, 5)), encoding="utf-8")
 
     main(["push", str(source)])
+    capsys.readouterr()
+    requests_before = len(emulator.state.requests)
     code = main(["push", str(source), "--json"])
 
-    summary = json.loads(capsys.readouterr().out.split("\n", 5)[-1])
+    summary = json.loads(capsys.readouterr().out)
     assert code == 0
     assert (summary["accepted"], summary["duplicates"]) == (0, 3)
+    assert len(emulator.state.requests) == requests_before
+
+
+def test_push_without_ledger_relies_on_koogallery_for_duplicates(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "usage.jsonl"
+    source.write_text("\n".join(json.dumps(_record(h)) for h in range(2, 5)), encoding="utf-8")
+
+    main(["push", str(source), "--no-ledger"])
+    capsys.readouterr()
+    code = main(["push", str(source), "--no-ledger", "--json"])
+
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (summary["accepted"], summary["duplicates"]) == (0, 3)
+    assert len(emulator.state.duplicates) == 3
 
 
 def test_push_from_standard_input(

@@ -355,3 +355,81 @@ def test_logs_are_json_lines_with_request_id_and_never_a_secret(
     everything = "\n".join(lines) + json.dumps(result)
     for secret in (DEFAULT_SK, seller_key):
         assert secret not in everything
+
+
+def _ledger_context(emulator: Emulator, ledger_url: str, **user_data: str) -> LocalContext:
+    return _context(emulator, KOOGALLERY_LEDGER_URL=ledger_url, **user_data)
+
+
+def _statuses(ledger_url: str) -> dict[str, int]:
+    from koogallery.ledger import open_ledger
+
+    with open_ledger(ledger_url) as ledger:
+        counts = ledger.status(now=datetime.now(timezone.utc)).counts
+    return {status.value: count for status, count in counts.items() if count}
+
+
+def test_with_a_ledger_a_redelivered_batch_sends_nothing_to_koogallery(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    event = _sample("kafka.json")
+
+    first = handler(event, _ledger_context(emulator, any_ledger_url))
+    requests_after_first = len(emulator.state.requests)
+    second = handler(event, _ledger_context(emulator, any_ledger_url))
+
+    assert (first["accepted"], second["accepted"], second["duplicates"]) == (4, 0, 4)
+    assert len(emulator.state.requests) == requests_after_first
+    assert _statuses(any_ledger_url) == {"accepted": 4}
+
+
+def test_with_a_ledger_pending_records_are_drained_by_the_next_run(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    emulator.set_faults(FaultPlan(rates={"500": 1.0}))
+    with pytest.raises(UsagePushIncomplete):
+        handler(
+            _kafka(_good(hours_back=6), _good(hours_back=5)),
+            _ledger_context(emulator, any_ledger_url),
+        )
+    assert _statuses(any_ledger_url) == {"pending": 2}
+
+    emulator.clear_faults()
+    result = handler(_kafka(_good("demo-instance-002")), _ledger_context(emulator, any_ledger_url))
+
+    assert result["accepted"] == 1
+    assert result["outbox"] == {
+        "drained": 2,
+        "accepted": 2,
+        "duplicates": 0,
+        "dead_lettered": 0,
+        "pending": 0,
+    }
+    assert len(emulator.state.records) == 3
+    assert _statuses(any_ledger_url) == {"accepted": 3}
+
+
+def test_with_a_ledger_a_changed_value_for_a_delivered_window_is_a_conflict(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    handler(_kafka(_good(value="2")), _ledger_context(emulator, any_ledger_url))
+
+    result = handler(_kafka(_good(value="9")), _ledger_context(emulator, any_ledger_url))
+
+    (letter,) = result["dead_letters"]
+    assert letter["field"] == "metering_sn"
+    assert "conflict" in letter["reason"]
+    assert "usage_value 2; this copy has 9" in letter["reason"]
+    assert [str(stored.usage_value) for stored in emulator.state.records] == ["2"]
+
+
+def test_with_a_ledger_dead_letters_are_kept_with_their_raw_message(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    from koogallery.ledger import open_ledger
+
+    handler(_kafka("{not json", _good()), _ledger_context(emulator, any_ledger_url))
+
+    with open_ledger(any_ledger_url) as ledger:
+        (row,) = ledger.dead_letters()
+    assert (row.raw, row.state, row.origin.trigger) == ("{not json", "open", "KAFKA")

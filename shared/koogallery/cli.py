@@ -18,6 +18,8 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
+from koogallery.cli_ledger import DEFAULT_LEDGER_URL, ledger_url
+from koogallery.cli_ledger import add_commands as add_ledger_commands
 from koogallery.errors import ConfigurationError, KooGalleryError
 from koogallery.events import RawRecord
 
@@ -73,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         "--usage-api", choices=["v2", "v1", "legacy"], help="overrides KOOGALLERY_USAGE_API"
     )
     push.add_argument("--json", action="store_true", help="print the summary as JSON")
+    push.add_argument(
+        "--ledger", help=f"ledger URL (default: KOOGALLERY_LEDGER_URL, else {DEFAULT_LEDGER_URL})"
+    )
+    push.add_argument("--no-ledger", action="store_true", help="push without a ledger")
     push.set_defaults(run=_run_push)
 
     invoke = commands.add_parser(
@@ -100,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("emulator_args", nargs=argparse.REMAINDER, help="see --help of it")
     emulator.set_defaults(run=_run_emulator)
 
+    add_ledger_commands(commands)
+
     demo = commands.add_parser(
         "demo",
         help="push a day of usage through the real handler into an in-process emulator",
@@ -125,21 +133,34 @@ def _run_push(args: argparse.Namespace) -> int:
     total = Summary()
     progress = _Progress(sys.stderr)
     letters = _DeadLetterSink(args.dead_letters)
-    with KooGalleryClient(settings) as client:
-        pipeline = UsagePipeline(client)
-        for batch in _batches(read_records(source, args.format), args.batch_size):
-            summary = pipeline.push_raw(batch)
-            letters.write(summary)
-            total.merge(summary)
-            progress.update(total)
-    progress.finish(total)
-    letters.close()
+    ledger = None if args.no_ledger else _open_ledger(ledger_url(args.ledger), settings)
+    try:
+        with KooGalleryClient(settings) as client:
+            pipeline = UsagePipeline(client, ledger=ledger)
+            first = True
+            for batch in _batches(read_records(source, args.format), args.batch_size):
+                summary = pipeline.push_raw(batch, drain_outbox=first)
+                first = False
+                letters.write(summary)
+                total.merge(summary)
+                progress.update(total)
+    finally:
+        if ledger is not None:
+            ledger.close()
+        progress.finish(total)
+        letters.close()
 
     if args.json:
         print(json.dumps(total.to_dict(), indent=2))
     else:
         _print_summary_table(total, letters.path)
     return _EXIT_OK if total.complete else _EXIT_INCOMPLETE
+
+
+def _open_ledger(url: str, settings: Any) -> Any:
+    from koogallery.ledger import open_ledger
+
+    return open_ledger(url, billing_mode=settings.billing_mode)
 
 
 def _batches(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
@@ -206,6 +227,10 @@ def _print_summary_table(summary: Any, dead_letter_path: Path | None) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value:>12,}")
+    if summary.outbox is not None and summary.outbox.drained:
+        print(f"{'outbox drained':<{width}}  {summary.outbox.drained:>12,}")
+    if summary.late:
+        print(f"{'late':<{width}}  {summary.late:>12,}  (after the collection cut-off)")
     if summary.pending_reason:
         print(f"pending because: {summary.pending_reason}")
     for letter in summary.dead_letters:

@@ -16,15 +16,19 @@ the platform's code; a record that could not be delivered yet is counted as pend
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from koogallery.client import KooGalleryClient, RecordOutcome, Status
+from koogallery.client import KooGalleryClient, PushObserver, RecordOutcome, Status
 from koogallery.errors import RecordValidationError
 from koogallery.events import Message, Origin, RawRecord, decode_usage_message
-from koogallery.models import UsageRecord, format_usage_value
+from koogallery.models import MAX_BEGIN_AGE, UsageRecord, format_time, format_usage_value
+
+if TYPE_CHECKING:
+    from koogallery.ledger import Claim, Ledger
 
 __all__ = ["DeadLetter", "Summary", "UsagePipeline", "ValidRecord"]
 
@@ -86,6 +90,8 @@ class Summary:
     pending: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     pending_reason: str | None = None
+    late: int = 0
+    outbox: OutboxSummary | None = None
 
     def merge(self, other: Summary) -> None:
         """Add another batch's counts (the CLI pushes a file in many batches)."""
@@ -94,8 +100,13 @@ class Summary:
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
         self.pending += other.pending
+        self.late += other.late
         self.dead_letters.extend(other.dead_letters)
         self.pending_reason = other.pending_reason or self.pending_reason
+        if other.outbox is not None:
+            if self.outbox is None:
+                self.outbox = OutboxSummary()
+            self.outbox.merge(other.outbox)
 
     @property
     def complete(self) -> bool:
@@ -118,61 +129,148 @@ class Summary:
         }
         if self.pending_reason:
             result["pending_reason"] = self.pending_reason
+        if self.late:
+            result["late"] = self.late
+        if self.outbox is not None:
+            result["outbox"] = self.outbox.to_dict()
         return result
 
 
-class UsagePipeline:
-    """Runs messages or raw records through validation and the client.
+@dataclass
+class OutboxSummary:
+    """What draining the ledger's older pending records achieved in one run."""
 
-    ``now`` pins the clock of the time rules (tests); by default each batch reads the clock.
+    drained: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    pending: int = 0
+
+    def merge(self, other: OutboxSummary) -> None:
+        self.drained += other.drained
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.pending += other.pending
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "drained": self.drained,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered,
+            "pending": self.pending,
+        }
+
+
+class UsagePipeline:
+    """Runs messages or raw records through validation, the ledger and the client.
+
+    With a ``ledger``, every record is written ``pending`` before it is pushed and settled as
+    the answers come, a record delivered before is never pushed again, and older pending
+    records (the outbox) are drained first. Without one, the pipeline is stateless and relies
+    on KooGallery's own first-write-wins rule. ``now`` pins the clock of the time rules (tests).
     """
 
-    def __init__(self, client: KooGalleryClient, *, now: datetime | None = None) -> None:
+    def __init__(
+        self,
+        client: KooGalleryClient,
+        *,
+        ledger: Ledger | None = None,
+        owner: str | None = None,
+        now: datetime | None = None,
+        lease_seconds: float = 300.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
+        self.ledger = ledger
+        self.owner = owner or (ledger.owner if ledger is not None else "stateless")
         self._now = now
+        self._lease_seconds = lease_seconds
+        self._monotonic = monotonic
 
     def push_messages(
         self, messages: Iterable[Message], *, deadline: float | None = None
     ) -> Summary:
         """Decode every message and push every record in it."""
         raw_records = [raw for message in messages for raw in decode_usage_message(message)]
-        return self.push_raw(raw_records, deadline=deadline)
+        return self.push_raw(raw_records, deadline=deadline, drain_outbox=True)
 
     def push_raw(
-        self, raw_records: Sequence[RawRecord], *, deadline: float | None = None
+        self,
+        raw_records: Sequence[RawRecord],
+        *,
+        deadline: float | None = None,
+        drain_outbox: bool = False,
+        record_dead_letters: bool = True,
     ) -> Summary:
-        """Validate, de-duplicate within the batch, push, and summarise ``raw_records``."""
+        """Validate, de-duplicate, record, push and summarise ``raw_records``.
+
+        With ``drain_outbox``, older pending records from the ledger are pushed first, within
+        half of the time left, after this batch is safely recorded as pending. A replay of a
+        stored dead letter passes ``record_dead_letters=False``: the letter is already on record.
+        """
+        now = self._clock()
         summary = Summary(received=len(raw_records))
         letters: list[tuple[int, DeadLetter]] = []
 
-        valid = self._validate(raw_records, letters)
+        valid = self._validate(raw_records, letters, now)
         unique, repeats = _unique(valid, letters)
-        result = self.client.push_usage([item.record for _, item in unique], deadline=deadline)
-
-        for item, outcome in zip(unique, result.outcomes, strict=True):
-            self._count(summary, item, outcome, letters)
         summary.duplicates += repeats
+        to_push = self._claim(unique, summary, letters, now)
 
-        letters.sort(key=lambda pair: pair[0])
-        summary.dead_letters = [letter for _, letter in letters]
-        summary.dead_lettered = len(summary.dead_letters)
-        for letter in summary.dead_letters:
-            logger.warning(
-                "usage record dead-lettered",
-                extra={
-                    "event": "dead_letter",
-                    "origin": letter.origin.label(),
-                    "position": letter.position,
-                    "reason": letter.reason,
-                    "error_code": letter.error_code,
-                },
-            )
+        if drain_outbox and self.ledger is not None:
+            summary.outbox = self.drain_outbox(deadline=_halfway(deadline, self._monotonic))
+
+        records = [record for _, _, record in to_push]
+        result = self.client.push_usage(records, deadline=deadline, observer=self._observer())
+        for (order, item, _), outcome in zip(to_push, result.outcomes, strict=True):
+            self._count(summary, order, item, outcome, letters)
+
+        self._finish(summary, letters, now, record=record_dead_letters)
         return summary
 
+    def drain_outbox(self, *, deadline: float | None = None, limit: int = 1000) -> OutboxSummary:
+        """Push the ledger's oldest pending records until none are left or time runs out.
+
+        The drain leases under its own owner name, so the records this run has just claimed
+        for its own batch (leased to ``self.owner``) are left to the batch push.
+        """
+        drained = OutboxSummary()
+        if self.ledger is None:
+            return drained
+        owner = f"{self.owner}/outbox"
+        observer = self.ledger.observer(owner)
+        while deadline is None or self._monotonic() < deadline:
+            records = self.ledger.outbox(
+                limit=limit, now=self._clock(), owner=owner, lease_seconds=self._lease_seconds
+            )
+            if not records:
+                break
+            result = self.client.push_usage(records, deadline=deadline, observer=observer)
+            drained.drained += len(records)
+            drained.accepted += len(result.accepted)
+            drained.duplicates += len(result.duplicates)
+            drained.dead_lettered += len(result.dead_lettered)
+            drained.pending += len(result.pending)
+            if result.pending:
+                break
+        if drained.drained:
+            logger.info("outbox drained", extra={"event": "outbox_drained", **drained.to_dict()})
+        return drained
+
+    def _clock(self) -> datetime:
+        return self._now or datetime.now(timezone.utc)
+
+    def _observer(self) -> PushObserver | None:
+        return None if self.ledger is None else self.ledger.observer(self.owner)
+
     def _validate(
-        self, raw_records: Sequence[RawRecord], letters: list[tuple[int, DeadLetter]]
+        self,
+        raw_records: Sequence[RawRecord],
+        letters: list[tuple[int, DeadLetter]],
+        now: datetime,
     ) -> list[tuple[int, ValidRecord]]:
-        now = self._now or datetime.now(timezone.utc)
         valid = []
         for order, raw in enumerate(raw_records):
             if raw.data is None:
@@ -187,14 +285,47 @@ class UsagePipeline:
             valid.append((order, ValidRecord(record, raw.origin, raw.position, raw.data, raw.raw)))
         return valid
 
+    def _claim(
+        self,
+        unique: list[tuple[int, ValidRecord]],
+        summary: Summary,
+        letters: list[tuple[int, DeadLetter]],
+        now: datetime,
+    ) -> list[tuple[int, ValidRecord, UsageRecord]]:
+        """Record the batch in the ledger and keep only what must be pushed now."""
+        if self.ledger is None:
+            return [(order, item, item.record) for order, item in unique]
+
+        claim = self.ledger.claim(
+            [item.record for _, item in unique],
+            owner=self.owner,
+            now=now,
+            lease_seconds=self._lease_seconds,
+        )
+        fates = _fates(claim)
+        summary.late = len(claim.late)
+        to_push = []
+        for order, item in unique:
+            fate, stored = fates[item.record.sn]
+            if fate == "push":
+                to_push.append((order, item, stored))
+            elif fate == "delivered":
+                summary.duplicates += 1
+            elif fate == "in_flight":
+                summary.pending += 1
+                summary.pending_reason = "another run holds the record's lease and is pushing it"
+            else:
+                letters.append((order, _ledger_letter(fate, item, stored, now)))
+        return to_push
+
     def _count(
         self,
         summary: Summary,
-        item: tuple[int, ValidRecord],
+        order: int,
+        valid: ValidRecord,
         outcome: RecordOutcome,
         letters: list[tuple[int, DeadLetter]],
     ) -> None:
-        order, valid = item
         if outcome.status is Status.ACCEPTED:
             summary.accepted += 1
         elif outcome.status is Status.DUPLICATE:
@@ -213,6 +344,81 @@ class UsagePipeline:
                 field=_field_of(outcome),
             )
             letters.append((order, letter))
+
+    def _finish(
+        self,
+        summary: Summary,
+        letters: list[tuple[int, DeadLetter]],
+        now: datetime,
+        *,
+        record: bool,
+    ) -> None:
+        """Order the dead letters as the messages came, log them, and keep them on record."""
+        letters.sort(key=lambda pair: pair[0])
+        summary.dead_letters = [letter for _, letter in letters]
+        summary.dead_lettered = len(summary.dead_letters)
+        for letter in summary.dead_letters:
+            logger.warning(
+                "usage record dead-lettered",
+                extra={
+                    "event": "dead_letter",
+                    "origin": letter.origin.label(),
+                    "position": letter.position,
+                    "reason": letter.reason,
+                    "error_code": letter.error_code,
+                },
+            )
+        if self.ledger is not None and summary.dead_letters and record:
+            self.ledger.add_dead_letters(summary.dead_letters, now=now)
+
+
+def _halfway(deadline: float | None, monotonic: Callable[[], float]) -> float | None:
+    if deadline is None:
+        return None
+    now = monotonic()
+    return now + max(0.0, deadline - now) / 2
+
+
+def _fates(claim: Claim) -> dict[str, tuple[str, UsageRecord]]:
+    """Each claimed ``metering_sn``'s fate, with the ledger's stored copy of the record."""
+    fates: dict[str, tuple[str, UsageRecord]] = {}
+    for record in claim.to_push:
+        fates[record.sn] = ("push", record)
+    for record in claim.already_delivered:
+        fates[record.sn] = ("delivered", record)
+    for record in claim.in_flight:
+        fates[record.sn] = ("in_flight", record)
+    for record in claim.dead:
+        fates[record.sn] = ("dead", record)
+    for record in claim.held:
+        fates[record.sn] = ("held", record)
+    for incoming, stored in claim.conflicts:
+        fates[incoming.sn] = ("conflict", stored)
+    return fates
+
+
+def _ledger_letter(fate: str, item: ValidRecord, stored: UsageRecord, now: datetime) -> DeadLetter:
+    """Why the ledger keeps a record from being pushed, for a person to read."""
+    sn = item.record.sn
+    if fate == "conflict":
+        reason = (
+            f"metering_sn: conflict, {sn} was first recorded for {stored.instance_id} "
+            f"{format_time(stored.begin_time)}-{format_time(stored.end_time)} with usage_value "
+            f"{format_usage_value(stored.usage_value)}; this copy has "
+            f"{format_usage_value(item.record.usage_value)} and is never pushed (KooGallery "
+            "would keep the first)"
+        )
+        field_name = "metering_sn"
+    elif fate == "held":
+        reason = f"metering_sn: {sn} is held in conflict since an earlier batch; not pushed"
+        field_name = "metering_sn"
+    elif stored.begin_time < now - MAX_BEGIN_AGE:
+        reason = "begin_time: expired, more than 21 days old (MKT.9004); never pushed"
+        field_name = "begin_time"
+    else:
+        reason = f"metering_sn: {sn} was dead-lettered before; not pushed again"
+        field_name = "metering_sn"
+    return DeadLetter(item.origin, reason, item.data, item.raw, item.position, field=field_name)
 
 
 def _unique(

@@ -19,9 +19,11 @@ How it treats failures:
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from koogallery.client import KooGalleryClient
+from koogallery.config import Settings
 from koogallery.errors import TransientError
 from koogallery.events import EventFormatError, parse_trigger_event
 from koogallery.functiongraph import (
@@ -33,7 +35,10 @@ from koogallery.functiongraph import (
 from koogallery.logs import configure_json_logging, request_context
 from koogallery.pipeline import Summary, UsagePipeline
 
-__all__ = ["UsagePushIncomplete", "handle_usage_push"]
+if TYPE_CHECKING:
+    from koogallery.ledger import Ledger
+
+__all__ = ["UsagePushIncomplete", "handle_usage_push", "ledger_for"]
 
 logger = logging.getLogger("koogallery.usage_push")
 
@@ -79,8 +84,10 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
             raise
 
         deadline = deadline_from_context(context, settings.deadline_margin_seconds)
+        ledger = ledger_for(settings)
         with KooGalleryClient(settings) as client:
-            summary = UsagePipeline(client).push_messages(batch.messages, deadline=deadline)
+            pipeline = UsagePipeline(client, ledger=ledger, owner=f"{request_id}")
+            summary = pipeline.push_messages(batch.messages, deadline=deadline)
 
         result = {"request_id": request_id, "trigger": batch.trigger, **summary.to_dict()}
         logger.info(
@@ -96,6 +103,29 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
         if summary.pending:
             raise UsagePushIncomplete(summary)
         return result
+
+
+_ledgers: dict[str, Ledger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def ledger_for(settings: Settings) -> Ledger | None:
+    """The ledger at ``KOOGALLERY_LEDGER_URL``, opened once per process (None when unset).
+
+    A warm FunctionGraph instance handles many invocations; keeping the connection avoids a
+    connect and a schema check on each of them.
+    """
+    if settings.ledger_url is None:
+        return None
+    url = settings.ledger_url.get_secret_value()
+    with _ledgers_lock:
+        ledger = _ledgers.get(url)
+        if ledger is None:
+            from koogallery.ledger import open_ledger
+
+            ledger = open_ledger(url, billing_mode=settings.billing_mode)
+            _ledgers[url] = ledger
+        return ledger
 
 
 def _http_status(summary: Summary) -> int:

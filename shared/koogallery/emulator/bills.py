@@ -861,6 +861,7 @@ class BillApi:
         partner_entitled: bool,
         bills_unsupported: bool,
         clock: Callable[[], datetime],
+        bills_preview: bool = False,
     ) -> None:
         self._book = book
         self._faults = faults
@@ -869,6 +870,7 @@ class BillApi:
         self._domain_id = domain_id
         self._partner_entitled = partner_entitled
         self._bills_unsupported = bills_unsupported
+        self._bills_preview = bills_preview
         self._clock = clock
 
     def handle(self, request: IncomingRequest) -> Reply:
@@ -953,7 +955,7 @@ class BillApi:
     def _check_cycle(self, route: BillRoute, cycle: Cycle) -> None:
         """Refuse a cycle whose bill is not closed yet, and fee records past their history."""
         now = self._clock()
-        if now < cycle.ready_at:
+        if now < cycle.ready_at and not self._bills_preview:
             ready = cycle.ready_at.strftime("%Y-%m-%d %H:%M")
             raise ApiError(
                 CBC_BAD_PARAMETER,

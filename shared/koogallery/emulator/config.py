@@ -22,6 +22,7 @@ defaults are obviously fake values that only this emulator accepts:
       "domain_id": "emulator-domain-id",
       "partner_entitled": true,
       "bills_unsupported": false,
+      "bills_preview": false,
       "bill_currency": null,
       "tax_rate": "0",
       "bill_faults": {"sequence": ["429", "ok"]}
@@ -44,6 +45,9 @@ defaults are obviously fake values that only this emulator accepts:
   is not a solution provider or distributor.
 - ``bills_unsupported``: true makes every bill path answer 404 APIG.0101, as on a site that does
   not publish the bill APIs.
+- ``bills_preview``: true serves a cycle's bills before the cycle closes, as they stand at that
+  moment (the real APIs refuse an open cycle with 400 CBC.0100); the demo uses it to reconcile
+  the day it just pushed.
 - ``bill_currency``: the currency the bills are in; by default the first registered instance's
   currency, else ``CNY``.
 - ``tax_rate``: a decimal string; the monthly summary's ``tax_amount`` is the consumption times
@@ -253,6 +257,7 @@ class EmulatorConfig:
     domain_id: str = DEFAULT_DOMAIN_ID
     partner_entitled: bool = True
     bills_unsupported: bool = False
+    bills_preview: bool = False
     bill_currency: str | None = None
     tax_rate: Decimal = Decimal(0)
     bill_faults: FaultPlan | None = None
@@ -294,6 +299,7 @@ class EmulatorConfig:
                 "domain_id",
                 "partner_entitled",
                 "bills_unsupported",
+                "bills_preview",
                 "bill_currency",
                 "tax_rate",
                 "bill_faults",
@@ -319,6 +325,7 @@ class EmulatorConfig:
             domain_id=str(data.get("domain_id", defaults.domain_id)),
             partner_entitled=bool(data.get("partner_entitled", True)),
             bills_unsupported=bool(data.get("bills_unsupported", False)),
+            bills_preview=bool(data.get("bills_preview", False)),
             bill_currency=None if bill_currency is None else str(bill_currency),
             tax_rate=_decimal_from_text(data.get("tax_rate", "0"), "tax_rate"),
             bill_faults=FaultPlan.from_dict(bill_faults) if bill_faults is not None else None,

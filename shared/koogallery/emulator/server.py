@@ -325,6 +325,7 @@ class Emulator:
             domain_id=self.config.domain_id,
             partner_entitled=self.config.partner_entitled,
             bills_unsupported=self.config.bills_unsupported,
+            bills_preview=self.config.bills_preview,
             clock=self._clock,
         )
         self._admin = AdminApi(

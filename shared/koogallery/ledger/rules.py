@@ -1,0 +1,293 @@
+"""What a claim and a settle decide, as pure functions of what is stored and what came in.
+
+Both backends lock the rows, read them, call these functions and write the result, so the
+product's guarantees live in one place and are the same on SQLite and PostgreSQL.
+
+The stored copy of a record is its canonical JSON (sorted keys, compact times, the usage value
+as a decimal string): rebuilding a record from it gives back the very record first stored, so
+every push of it sends the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from koogallery.client import RecordOutcome, Status
+from koogallery.ledger.base import Claim, RecordStatus
+from koogallery.ledger.cutoffs import BillingMode, is_late
+from koogallery.models import MAX_BEGIN_AGE, UsageRecord, canonical_json, parse_time
+
+__all__ = [
+    "EXPIRED_REASON",
+    "ClaimPlan",
+    "NewRow",
+    "SettlePlan",
+    "StoredRow",
+    "failure_text",
+    "first_copies",
+    "is_expired",
+    "new_rows",
+    "plan_claim",
+    "plan_settle",
+    "rebuild_record",
+    "same_content",
+    "stored_json",
+]
+
+EXPIRED_REASON = "expired: begin_time older than 21 days (MKT.9004)"
+"""Why a record that waited too long is dead-lettered instead of pushed."""
+
+_DELIVERED = (Status.ACCEPTED, Status.DUPLICATE)
+_RANK = {Status.PENDING: 0, Status.DEAD_LETTERED: 1, Status.ACCEPTED: 2, Status.DUPLICATE: 2}
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A record the ledger has not seen yet, as it will be inserted."""
+
+    record: UsageRecord
+    status: RecordStatus
+    last_error: str | None
+    settled_at: datetime | None
+    lease_owner: str | None
+    lease_expires: datetime | None
+
+    @cached_property
+    def stored(self) -> str:
+        """The stored copy, made only for rows that are really inserted."""
+        return stored_json(self.record)
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """The columns of a stored record that a claim decides on."""
+
+    metering_sn: str
+    stored: Mapping[str, Any]
+    status: RecordStatus
+    lease_owner: str | None
+    lease_expires: datetime | None
+
+
+@dataclass
+class ClaimPlan:
+    """A claim's answer and the writes that make it true.
+
+    ``expire`` lists stored rows to dead-letter for age; ``expired`` every record that expired
+    in this claim, new ones (inserted dead) included.
+    """
+
+    claim: Claim
+    leases: list[str] = field(default_factory=list)
+    expire: list[str] = field(default_factory=list)
+    mark_conflict: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    conflict_copies: list[tuple[str, str]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SettlePlan:
+    """One write per record: delivered, dead-lettered, or released for another try."""
+
+    delivered: list[tuple[str, RecordStatus]] = field(default_factory=list)
+    dead: list[tuple[str, str | None]] = field(default_factory=list)
+    released: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def stored_json(record: UsageRecord) -> str:
+    """The stored copy of ``record``: canonical JSON text."""
+    return canonical_json(record.to_json_dict()).decode("ascii")
+
+
+def rebuild_record(stored: Mapping[str, Any]) -> UsageRecord:
+    """The record a stored copy was made from, whatever the date today.
+
+    Validation judges the 21-day and future rules against a clock. Judged at ``begin_time``
+    plus 21 days, every record that passed once passes again: its ``begin_time`` is then
+    exactly 21 days old, and its ``end_time`` could not lie more than 21 days (and the clock
+    skew) after its ``begin_time`` when it was first accepted.
+    """
+    moment = parse_time(stored["begin_time"]) + MAX_BEGIN_AGE
+    return UsageRecord.model_validate(dict(stored), context={"now": moment})
+
+
+def same_content(incoming: UsageRecord, stored: UsageRecord) -> bool:
+    """True when two copies with one ``metering_sn`` bill the same thing.
+
+    ``record_time`` and ``product_id`` do not bill anything: a copy differing only there is
+    the same record, and the stored copy is what gets pushed.
+    """
+    return (
+        incoming.instance_id == stored.instance_id
+        and incoming.begin_time == stored.begin_time
+        and incoming.end_time == stored.end_time
+        and incoming.usage_value == stored.usage_value
+        and incoming.relate_pkg_instance == stored.relate_pkg_instance
+    )
+
+
+def is_expired(begin_time: datetime, now: datetime) -> bool:
+    """KooGallery refuses a ``begin_time`` older than 21 days (``MKT.9004``)."""
+    return begin_time < now - MAX_BEGIN_AGE
+
+
+def first_copies(records: Sequence[UsageRecord]) -> dict[str, UsageRecord]:
+    """The first copy of each ``metering_sn``, in the order the records came."""
+    firsts: dict[str, UsageRecord] = {}
+    for record in records:
+        firsts.setdefault(record.sn, record)
+    return firsts
+
+
+def new_rows(
+    firsts: Mapping[str, UsageRecord], *, owner: str, now: datetime, lease_until: datetime
+) -> list[NewRow]:
+    """How each record would be inserted if unseen: leased to ``owner``, or dead if expired.
+
+    Sorted by ``metering_sn``: every transaction inserts and locks in that one order, so two of
+    them can wait for each other but never deadlock.
+    """
+    rows = []
+    for sn in sorted(firsts):
+        record = firsts[sn]
+        if is_expired(record.begin_time, now):
+            row = NewRow(record, RecordStatus.DEAD_LETTERED, EXPIRED_REASON, now, None, None)
+        else:
+            row = NewRow(record, RecordStatus.PENDING, None, None, owner, lease_until)
+        rows.append(row)
+    return rows
+
+
+def plan_claim(
+    records: Sequence[UsageRecord],
+    *,
+    inserted: Mapping[str, NewRow],
+    stored: Mapping[str, StoredRow],
+    owner: str,
+    now: datetime,
+    billing_mode: BillingMode,
+) -> ClaimPlan:
+    """Decide the fate of each record of a claim, given the rows this claim just inserted and
+    the rows that were there before (locked by the caller).
+
+    A copy whose content differs from the stored one is a conflict: it is recorded and never
+    pushed, and a stored record still pending is set to ``conflict`` so that nobody pushes
+    either version until a person decides which one KooGallery should get. A record already
+    accepted stays accepted: KooGallery holds it and nothing can change that.
+    """
+    firsts = first_copies(records)
+    reference = {sn: row.record for sn, row in inserted.items()}
+    reference.update({sn: _stored_copy(row, firsts[sn]) for sn, row in stored.items()})
+    status = {sn: row.status for sn, row in inserted.items()}
+    status.update({sn: row.status for sn, row in stored.items()})
+
+    clashes = [record for record in records if not same_content(record, reference[record.sn])]
+    plan = ClaimPlan(claim=Claim([], [], [], [], [], []), seen=list(stored))
+    for record in clashes:
+        plan.conflict_copies.append((record.sn, stored_json(record)))
+        if status[record.sn] is RecordStatus.PENDING:
+            status[record.sn] = RecordStatus.CONFLICT
+            plan.mark_conflict.append(record.sn)
+
+    clashing = {id(record) for record in clashes}
+    listed: set[str] = set()
+    for record in records:
+        sn = record.sn
+        if id(record) in clashing:
+            plan.claim.conflicts.append((record, reference[sn]))
+        elif sn not in listed:
+            listed.add(sn)
+            _place(plan, reference[sn], status[sn], stored.get(sn), owner=owner, now=now)
+
+    plan.claim.late.extend(
+        record for record in plan.claim.to_push if is_late(record.end_time, now, billing_mode)
+    )
+    return plan
+
+
+def _stored_copy(row: StoredRow, incoming: UsageRecord) -> UsageRecord:
+    """The stored record; the incoming copy itself when it is identical in every field, which
+    spares rebuilding (and validating) each record of a batch delivered again."""
+    if incoming.to_json_dict() == dict(row.stored):
+        return incoming
+    return rebuild_record(row.stored)
+
+
+def _place(
+    plan: ClaimPlan,
+    record: UsageRecord,
+    status: RecordStatus,
+    row: StoredRow | None,
+    *,
+    owner: str,
+    now: datetime,
+) -> None:
+    """Put one record (its stored copy) in the list its status and lease call for."""
+    claim = plan.claim
+    if status in (RecordStatus.ACCEPTED, RecordStatus.DUPLICATE):
+        claim.already_delivered.append(record)
+    elif status is RecordStatus.DEAD_LETTERED:
+        if row is None:
+            plan.expired.append(record.sn)
+        claim.dead.append(record)
+    elif status is RecordStatus.CONFLICT:
+        claim.held.append(record)
+    elif row is None:
+        claim.to_push.append(record)
+    elif _leased_by_another(row, owner=owner, now=now):
+        claim.in_flight.append(record)
+    elif is_expired(record.begin_time, now):
+        plan.expire.append(record.sn)
+        plan.expired.append(record.sn)
+        claim.dead.append(record)
+    else:
+        plan.leases.append(record.sn)
+        claim.to_push.append(record)
+
+
+def _leased_by_another(row: StoredRow, *, owner: str, now: datetime) -> bool:
+    return (
+        row.lease_owner is not None
+        and row.lease_owner != owner
+        and row.lease_expires is not None
+        and row.lease_expires > now
+    )
+
+
+def plan_settle(outcomes: Sequence[RecordOutcome]) -> SettlePlan:
+    """One write per record, the strongest outcome winning: delivered over dead over pending.
+
+    Whether a write applies is the database's decision, made under the row lock: delivered
+    always does (unless already delivered), the others only for the current lease owner.
+    """
+    strongest: dict[str, RecordOutcome] = {}
+    for outcome in outcomes:
+        known = strongest.get(outcome.record.sn)
+        if known is None or _RANK[outcome.status] > _RANK[known.status]:
+            strongest[outcome.record.sn] = outcome
+
+    plan = SettlePlan()
+    for sn in sorted(strongest):
+        outcome = strongest[sn]
+        if outcome.status in _DELIVERED:
+            plan.delivered.append((sn, RecordStatus(outcome.status.value)))
+        elif outcome.status is Status.DEAD_LETTERED:
+            plan.dead.append((sn, failure_text(outcome)))
+        else:
+            plan.released.append((sn, failure_text(outcome)))
+    return plan
+
+
+def failure_text(outcome: RecordOutcome) -> str | None:
+    """The reason and the platform's code in one line, without repeating the code."""
+    reason, code = outcome.reason, outcome.error_code
+    if code is None:
+        return reason
+    if reason is None:
+        return code
+    return reason if code in reason else f"{reason} ({code})"

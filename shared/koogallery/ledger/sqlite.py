@@ -1,0 +1,163 @@
+"""The ledger in one SQLite file: the embedded default, nothing to run beside the function.
+
+Every write runs in a ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock
+at once: two processes claiming at the same moment take turns, each seeing what the other
+committed, so they can never both lease a record. The file runs in WAL mode, so readers never
+wait for the writer, with ``synchronous=NORMAL``: a committed transaction survives a crash of
+the process (not of the machine, which a function's disk does not outlive anyway).
+
+    ledger = SqliteLedger(".ledger/usage.db")
+    ledger.migrate()
+
+Times are stored as fixed-width ISO-8601 text in UTC (``2026-12-04T08:00:00.000000Z``), which
+sorts and compares like the times themselves; usage values as decimal text, never floats.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from koogallery.ledger.cutoffs import BillingMode
+from koogallery.ledger.migrations import MIGRATIONS, Migration
+from koogallery.ledger.rules import NewRow
+from koogallery.ledger.sql import SqlLedger, Transaction
+
+__all__ = ["SqliteLedger"]
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_WAL_RETRY_SECONDS = 0.02
+
+
+class _SqliteTransaction:
+    """A transaction on the ledger's one connection."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self._connection.execute(sql, tuple(params)).rowcount
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        if not rows:
+            return 0
+        return self._connection.executemany(sql, [tuple(row) for row in rows]).rowcount
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._connection.execute(sql, tuple(params)).fetchall()
+
+
+class SqliteLedger(SqlLedger):
+    """The ledger in the SQLite file at ``path`` (``":memory:"`` for a private, temporary one).
+
+    The parent directory is created when missing. ``busy_timeout`` is how long, in seconds, a
+    transaction waits for another process's write lock before it gives up. One connection is
+    shared by the threads of a process, one transaction at a time.
+    """
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        billing_mode: BillingMode = "hourly",
+        owner: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        busy_timeout: float = 30.0,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        super().__init__(
+            billing_mode=billing_mode, owner=owner, clock=clock, migrations=migrations
+        )
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+        self._lock = threading.RLock()
+        self._connection = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._use_wal(busy_timeout)
+        self._connection.execute("PRAGMA synchronous = NORMAL")
+
+    def _use_wal(self, timeout: float) -> None:
+        """Switch the file to WAL mode, waiting out another process doing the same.
+
+        The switch needs the file to itself, and SQLite answers "locked" at once instead of
+        waiting when two connections ask together, so the wait is done here. Once a file is in
+        WAL mode (which it keeps), asking again costs nothing.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_WAL_RETRY_SECONDS)
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({self.path!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Transaction]:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SqliteTransaction(self._connection)
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def _lock_schema(self, tx: Transaction) -> None:
+        """Nothing to add: ``BEGIN IMMEDIATE`` already holds the database's write lock."""
+
+    def _table_exists(self, tx: Transaction, table: str) -> bool:
+        found = tx.rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        return bool(found)
+
+    def _insert_unseen(
+        self, tx: Transaction, rows: Sequence[NewRow], *, now: datetime
+    ) -> set[str]:
+        """No other writer can run inside ``BEGIN IMMEDIATE``: what is absent now stays absent
+        until the insert."""
+        if not rows:
+            return set()
+
+        condition, values = self._in("metering_sn", [row.record.sn for row in rows])
+        query = f"SELECT metering_sn FROM usage_records WHERE {condition}"  # noqa: S608
+        found = tx.rows(query, (values,))
+        existing = {sn for (sn,) in found}
+        fresh = [row for row in rows if row.record.sn not in existing]
+
+        self._insert_rows(tx, fresh, now=now)
+        return {row.record.sn for row in fresh}
+
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, object]:
+        """One JSON array parameter instead of one per value: SQLite caps the parameters of a
+        statement, and a claim may hold thousands of records."""
+        condition = f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608
+        return condition, json.dumps(list(values))
+
+    def _db_time(self, moment: datetime) -> object:
+        return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+
+    def _read_time(self, value: Any) -> datetime:
+        return datetime.strptime(str(value), _TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+    def _read_json(self, value: Any) -> Any:
+        return json.loads(value)
