@@ -10,6 +10,8 @@ room, such as the emulator, does not load the others):
 - ``parse_trigger_event``, ``decode_usage_message`` (events): FunctionGraph trigger views.
 - ``UsagePipeline``, ``Summary``, ``DeadLetter`` (pipeline): messages to summary.
 - ``handle_usage_push`` (usage_push): the usage push function's whole behaviour.
+- ``handle_bill_fetch``, ``BillFetchFailed`` (bill_fetch): the bill fetch function's behaviour.
+- ``BillClient`` (bills) and ``reconcile`` (reconcile): bills and their reconciliation.
 - ``LocalContext`` (functiongraph): a FunctionGraph-like context for local runs.
 - the error tree (errors): ``KooGalleryError`` and its branches.
 """
@@ -38,6 +40,10 @@ _EXPORTS = {
     "Summary": "pipeline",
     "DeadLetter": "pipeline",
     "handle_usage_push": "usage_push",
+    "handle_bill_fetch": "bill_fetch",
+    "BillFetchFailed": "bill_fetch",
+    "BillClient": "bills",
+    "reconcile": "reconcile",
     "UsagePushIncomplete": "usage_push",
     "LocalContext": "functiongraph",
     "KooGalleryError": "errors",
@@ -52,6 +58,8 @@ _EXPORTS = {
 __all__ = [
     "ApigSigner",
     "AuthenticationError",
+    "BillClient",
+    "BillFetchFailed",
     "BodySigner",
     "ConfigurationError",
     "Credentials",
@@ -73,11 +81,15 @@ __all__ = [
     "UsagePushIncomplete",
     "UsageRecord",
     "decode_usage_message",
+    "handle_bill_fetch",
     "handle_usage_push",
     "parse_trigger_event",
+    "reconcile",
 ]
 
 if TYPE_CHECKING:
+    from koogallery.bill_fetch import BillFetchFailed, handle_bill_fetch
+    from koogallery.bills import BillClient
     from koogallery.client import KooGalleryClient, PushResult, RecordOutcome, Status
     from koogallery.config import Settings
     from koogallery.errors import (
@@ -93,6 +105,7 @@ if TYPE_CHECKING:
     from koogallery.functiongraph import LocalContext
     from koogallery.models import UsageRecord
     from koogallery.pipeline import DeadLetter, Summary, UsagePipeline
+    from koogallery.reconcile import reconcile
     from koogallery.signing import ApigSigner, BodySigner, Credentials
     from koogallery.usage_push import UsagePushIncomplete, handle_usage_push
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from koogallery.cli_ledger import DEFAULT_LEDGER_URL, ledger_url
 from koogallery.cli_ledger import add_commands as add_ledger_commands
+from koogallery.deploy.commands import add_commands as add_deploy_commands
 from koogallery.errors import ConfigurationError, KooGalleryError
 from koogallery.events import RawRecord
 
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a function's handler locally on an event file",
         description="Run the handler with a FunctionGraph-like context and print its result.",
     )
-    invoke.add_argument("function", choices=["usage-push"])
+    invoke.add_argument("function", choices=["usage-push", "bill-fetch"])
     invoke.add_argument("--event", required=True, help="event JSON file, or - for standard input")
     invoke.add_argument("--timeout", type=float, default=30.0, help="the function's timeout (s)")
     invoke.add_argument(
@@ -107,6 +108,22 @@ def _parser() -> argparse.ArgumentParser:
     emulator.set_defaults(run=_run_emulator)
 
     add_ledger_commands(commands)
+    add_deploy_commands(commands)
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare a cycle's bill with the usage the ledger delivered",
+        description="Reconcile a bill cycle. Exit code 1 when a finding is above the tolerance.",
+    )
+    reconcile.add_argument("--cycle", required=True, help="the bill cycle, YYYY-MM")
+    reconcile.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    reconcile.add_argument(
+        "--fetch", action="store_true", help="fetch the bill again even if one is stored"
+    )
+    reconcile.add_argument(
+        "--ledger", help=f"ledger URL (default: KOOGALLERY_LEDGER_URL, else {DEFAULT_LEDGER_URL})"
+    )
+    reconcile.set_defaults(run=_run_reconcile)
 
     demo = commands.add_parser(
         "demo",
@@ -136,7 +153,7 @@ def _run_push(args: argparse.Namespace) -> int:
     ledger = None if args.no_ledger else _open_ledger(ledger_url(args.ledger), settings)
     try:
         with KooGalleryClient(settings) as client:
-            pipeline = UsagePipeline(client, ledger=ledger)
+            pipeline = UsagePipeline(client, ledger=ledger, lease_seconds=settings.lease_seconds)
             first = True
             for batch in _batches(read_records(source, args.format), args.batch_size):
                 summary = pipeline.push_raw(batch, drain_outbox=first)
@@ -286,9 +303,47 @@ def load_handler(function: str) -> Any:
         spec.loader.exec_module(module)
         return module.handler
 
+    if module_name == "bill_fetch":
+        from koogallery.bill_fetch import handle_bill_fetch
+
+        return handle_bill_fetch
     from koogallery.usage_push import handle_usage_push
 
     return handle_usage_push
+
+
+def _run_reconcile(args: argparse.Namespace) -> int:
+    from koogallery.bill_fetch import fetch_and_reconcile, reconcile_cycle
+    from koogallery.bills import BillDocument, parse_cycle
+    from koogallery.config import Settings
+
+    parse_cycle(args.cycle)
+    settings = Settings.from_env()
+    with _open_ledger(ledger_url(args.ledger), settings) as ledger:
+        stored = None if args.fetch else ledger.latest_bill(site=settings.site, cycle=args.cycle)
+        if stored is None or stored.content is None:
+            result = fetch_and_reconcile(
+                settings, args.cycle, ledger=ledger, now=datetime.now(timezone.utc)
+            )
+            if result.get("reconciliation") is None:
+                print(
+                    f"koogallery: no bill for {args.cycle}: {result['status']} "
+                    f"{result.get('error_code') or ''} {result.get('error_msg') or ''}".rstrip(),
+                    file=sys.stderr,
+                )
+                return _EXIT_INCOMPLETE
+            stored = ledger.latest_bill(site=settings.site, cycle=args.cycle)
+        assert stored is not None and stored.content is not None
+        report = reconcile_cycle(settings, ledger, BillDocument.from_canonical(stored.content))
+
+    if args.format == "json":
+        print(report.to_json())
+    elif args.format == "csv":
+        print(report.to_csv(), end="")
+    else:
+        print(report.to_table())
+        print(f"(bill version {stored.version}, fetched {stored.run_at:%Y-%m-%d %H:%M}Z)")
+    return _EXIT_INCOMPLETE if report.has_findings_above_tolerance else _EXIT_OK
 
 
 def _run_emulator(args: argparse.Namespace) -> int:

@@ -88,6 +88,7 @@ class Settings(BaseModel):
     deadline_margin_seconds: float = Field(default=3.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     ledger_url: SecretStr | None = None
+    lease_seconds: float = Field(default=300.0, ge=1)
     billing_mode: Literal["hourly", "daily"] = "hourly"
     bill_endpoint: str | None = None
     domain_id: str | None = None
@@ -225,10 +226,13 @@ _ENV_NAMES = {
     "chunk_size": "KOOGALLERY_CHUNK_SIZE",
     "timeout_seconds": "KOOGALLERY_TIMEOUT_SECONDS",
     "max_attempts": "KOOGALLERY_MAX_ATTEMPTS",
+    "backoff_base_seconds": "KOOGALLERY_BACKOFF_BASE_SECONDS",
+    "backoff_cap_seconds": "KOOGALLERY_BACKOFF_CAP_SECONDS",
     "verify_tls": "KOOGALLERY_VERIFY_TLS",
     "deadline_margin_seconds": "KOOGALLERY_DEADLINE_MARGIN_SECONDS",
     "log_level": "KOOGALLERY_LOG_LEVEL",
     "ledger_url": "KOOGALLERY_LEDGER_URL",
+    "lease_seconds": "KOOGALLERY_LEASE_SECONDS",
     "billing_mode": "KOOGALLERY_BILLING_MODE",
     "bill_endpoint": "KOOGALLERY_BILL_ENDPOINT",
     "domain_id": "HUAWEICLOUD_SDK_DOMAIN_ID",

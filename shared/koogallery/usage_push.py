@@ -86,7 +86,9 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
         deadline = deadline_from_context(context, settings.deadline_margin_seconds)
         ledger = ledger_for(settings)
         with KooGalleryClient(settings) as client:
-            pipeline = UsagePipeline(client, ledger=ledger, owner=f"{request_id}")
+            pipeline = UsagePipeline(
+                client, ledger=ledger, owner=request_id, lease_seconds=settings.lease_seconds
+            )
             summary = pipeline.push_messages(batch.messages, deadline=deadline)
 
         result = {"request_id": request_id, "trigger": batch.trigger, **summary.to_dict()}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from koogallery.errors import ConfigurationError
 from koogallery.ledger.base import (
     AttemptRow,
+    BillRun,
     Claim,
     DeadLetterRow,
     DeadLetterState,
@@ -43,6 +44,7 @@ __all__ = [
     "LATEST_VERSION",
     "MIGRATIONS",
     "AttemptRow",
+    "BillRun",
     "BillingMode",
     "Claim",
     "DeadLetterRow",

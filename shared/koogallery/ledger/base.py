@@ -243,6 +243,43 @@ class LedgerStatus:
         }
 
 
+@dataclass(frozen=True)
+class BillRun:
+    """One bill fetch of a cycle as the ledger keeps it.
+
+    ``status`` is the fetch's, with ``complete`` refined: the first content of a cycle is
+    ``complete``, the same content again ``unchanged``, other content ``amended`` (a new
+    ``version``; earlier versions stay). ``content`` is the canonical bill document of the
+    version (None for runs that fetched nothing new or nothing at all).
+    """
+
+    id: int
+    site: str
+    cycle: str
+    run_at: datetime
+    status: str
+    version: int | None
+    content_hash: str | None
+    content: dict[str, Any] | None
+    request_ids: list[str]
+    error_code: str | None
+    error_msg: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "site": self.site,
+            "cycle": self.cycle,
+            "run_at": _iso(self.run_at),
+            "status": self.status,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "request_ids": self.request_ids,
+            "error_code": self.error_code,
+            "error_msg": self.error_msg,
+        }
+
+
 class Ledger(ABC):
     """The durable record of every usage record, push attempt and dead letter.
 
@@ -376,6 +413,33 @@ class Ledger(ABC):
     ) -> None:
         """Close an open dead letter. Raises ``KeyError`` for an unknown id and ``ValueError``
         for a letter that is no longer open, so two people cannot both replay one letter."""
+
+    @abstractmethod
+    def store_bill_run(
+        self,
+        *,
+        site: str,
+        cycle: str,
+        status: str,
+        now: datetime,
+        request_ids: Sequence[str] = (),
+        content: dict[str, Any] | None = None,
+        content_hash: str | None = None,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+    ) -> BillRun:
+        """Record one fetch. With ``content`` (status ``complete``), compare it with the latest
+        version of the cycle: the same hash is ``unchanged``, another is stored as a new
+        version and ``amended``; nothing is ever overwritten."""
+
+    @abstractmethod
+    def bill_runs(self, *, site: str | None = None, cycle: str | None = None) -> list[BillRun]:
+        """Every recorded fetch, oldest first, with the content of the versions they stored."""
+
+    def latest_bill(self, *, site: str, cycle: str) -> BillRun | None:
+        """The newest stored version of a cycle's bill, if any was ever fetched."""
+        versions = [run for run in self.bill_runs(site=site, cycle=cycle) if run.content]
+        return versions[-1] if versions else None
 
     @abstractmethod
     def close(self) -> None:

@@ -14,6 +14,8 @@ decimals as text, so both sort and compare correctly as text; PostgreSQL uses ``
 - ``record_conflicts``: each incoming copy that disagreed with the stored one.
 - ``push_attempts``: the audit trail of HTTP exchanges.
 - ``dead_letters``: messages and records that can never succeed as they are.
+- ``bill_runs`` (migration 2): every bill fetch of a cycle, its status and request ids; a run
+  that found new content also holds that content as a new version (never overwritten).
 """
 
 from __future__ import annotations
@@ -190,12 +192,62 @@ _INITIAL_POSTGRES = (
     "CREATE INDEX dead_letters_by_state ON dead_letters (state, id)",
 )
 
+_BILL_STATUSES = (
+    "'complete', 'unchanged', 'amended', 'not_ready', 'not_entitled', 'unsupported', 'failed'"
+)
+
+_BILL_RUNS_SQLITE = (
+    f"""
+    CREATE TABLE bill_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        site TEXT NOT NULL,
+        cycle TEXT NOT NULL,
+        run_at TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({_BILL_STATUSES})),
+        version INTEGER,
+        content_hash TEXT,
+        content_json TEXT,
+        request_ids TEXT NOT NULL,
+        error_code TEXT,
+        error_msg TEXT
+    )""",
+    "CREATE INDEX bill_runs_by_cycle ON bill_runs (site, cycle, id)",
+    "CREATE UNIQUE INDEX bill_versions ON bill_runs (site, cycle, version) "
+    "WHERE content_json IS NOT NULL",
+)
+
+_BILL_RUNS_POSTGRES = (
+    f"""
+    CREATE TABLE bill_runs (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        site TEXT NOT NULL,
+        cycle TEXT NOT NULL,
+        run_at TIMESTAMPTZ NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({_BILL_STATUSES})),
+        version INTEGER,
+        content_hash TEXT,
+        content_json JSONB,
+        request_ids JSONB NOT NULL,
+        error_code TEXT,
+        error_msg TEXT
+    )""",
+    "CREATE INDEX bill_runs_by_cycle ON bill_runs (site, cycle, id)",
+    "CREATE UNIQUE INDEX bill_versions ON bill_runs (site, cycle, version) "
+    "WHERE content_json IS NOT NULL",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "usage records, conflicts, push attempts and dead letters",
         sqlite=_INITIAL_SQLITE,
         postgres=_INITIAL_POSTGRES,
+    ),
+    Migration(
+        2,
+        "bill runs and versions",
+        sqlite=_BILL_RUNS_SQLITE,
+        postgres=_BILL_RUNS_POSTGRES,
     ),
 )
 

@@ -30,6 +30,7 @@ from koogallery.errors import ConfigurationError
 from koogallery.events import Origin
 from koogallery.ledger.base import (
     AttemptRow,
+    BillRun,
     Claim,
     DeadLetterRow,
     DeadLetterState,
@@ -771,6 +772,100 @@ class SqlLedger(Ledger):
 
     def _maybe_time(self, value: Any) -> datetime | None:
         return None if value is None else self._read_time(value)
+
+    def store_bill_run(
+        self,
+        *,
+        site: str,
+        cycle: str,
+        status: str,
+        now: datetime,
+        request_ids: Sequence[str] = (),
+        content: dict[str, Any] | None = None,
+        content_hash: str | None = None,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+    ) -> BillRun:
+        at = self._db_time(_utc(now))
+        with self._transaction(write=True) as tx:
+            version: int | None = None
+            stored: str | None = None
+            if content is not None:
+                latest = tx.rows(
+                    "SELECT version, content_hash FROM bill_runs WHERE site = ? AND cycle = ? "
+                    "AND content_json IS NOT NULL ORDER BY version DESC LIMIT 1",
+                    (site, cycle),
+                )
+                if not latest:
+                    status, version, stored = "complete", 1, _json_text(content)
+                elif latest[0][1] == content_hash:
+                    status, version = "unchanged", int(latest[0][0])
+                else:
+                    status, version = "amended", int(latest[0][0]) + 1
+                    stored = _json_text(content)
+            found = tx.rows(
+                "INSERT INTO bill_runs (site, cycle, run_at, status, version, content_hash, "
+                "content_json, request_ids, error_code, error_msg) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    site,
+                    cycle,
+                    at,
+                    status,
+                    version,
+                    content_hash,
+                    stored,
+                    _json_text(list(request_ids)),
+                    error_code,
+                    error_msg,
+                ),
+            )
+        return BillRun(
+            id=int(found[0][0]),
+            site=site,
+            cycle=cycle,
+            run_at=_utc(now),
+            status=status,
+            version=version,
+            content_hash=content_hash,
+            content=content if stored is not None else None,
+            request_ids=list(request_ids),
+            error_code=error_code,
+            error_msg=error_msg,
+        )
+
+    def bill_runs(self, *, site: str | None = None, cycle: str | None = None) -> list[BillRun]:
+        conditions, params = [], []
+        if site is not None:
+            conditions.append("site = ?")
+            params.append(site)
+        if cycle is not None:
+            conditions.append("cycle = ?")
+            params.append(cycle)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        with self._transaction(write=False) as tx:
+            found = tx.rows(
+                "SELECT id, site, cycle, run_at, status, version, content_hash, "  # noqa: S608
+                f"content_json, request_ids, error_code, error_msg FROM bill_runs{where} "
+                "ORDER BY id",
+                params,
+            )
+        return [
+            BillRun(
+                id=int(row[0]),
+                site=row[1],
+                cycle=row[2],
+                run_at=self._read_time(row[3]),
+                status=row[4],
+                version=None if row[5] is None else int(row[5]),
+                content_hash=row[6],
+                content=None if row[7] is None else self._read_json(row[7]),
+                request_ids=list(self._read_json(row[8])),
+                error_code=row[9],
+                error_msg=row[10],
+            )
+            for row in found
+        ]
 
 
 def _utc(moment: datetime) -> datetime:
