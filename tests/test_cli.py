@@ -217,3 +217,6 @@ def test_demo_pushes_a_day_and_bills_nothing_twice(capsys: pytest.CaptureFixture
     assert "the emulator holds 72 records" in out
     assert "dead letters                         7" in out
     assert "MKT.9001" in out
+    assert "FINDING amount_mismatch: demo-instance-003:" in out
+    assert "(difference 0.360)" in out
+    assert "Explained: the emulator was told to bill 0.36 more for demo-instance-003" in out

@@ -9,15 +9,21 @@ The demo shows, in under a minute and without any account, what the product guar
 3. it delivers each batch through ``functions/usage_push/index.py`` with a FunctionGraph-like
    context, then delivers one batch a second time, as a queue trigger may;
 4. it prints what was pushed, accepted, recognised as a duplicate (nothing billed twice), the
-   dead letters with their reasons, and what the emulator would charge per instance.
+   dead letters with their reasons, and what the emulator would charge per instance;
+5. it makes the emulator's bill overcharge one instance, runs the real bill fetch handler for
+   the day's cycle, and prints the reconciliation, which finds and explains that difference.
 
-It exits 0 only when the emulator holds exactly the good records, each once.
+A temporary SQLite ledger records everything. The demo exits 0 only when the emulator holds
+exactly the good records, each once, and the reconciliation found exactly the injected
+difference.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -161,53 +167,97 @@ def run_demo(*, input_path: Path | None = None, seed: int = 20261204) -> int:
         )
         for item in DEMO_INSTANCES
     ]
-    handler = load_handler("usage-push")
-    with Emulator(EmulatorConfig(instances=instances)) as emulator:
-        user_data = _user_data(emulator.url, emulator.config)
-        print(f"KooGallery emulator listening on {emulator.url}")
+    config = EmulatorConfig(instances=instances, bills_preview=True)
+    with tempfile.TemporaryDirectory(prefix="koogallery-demo-") as folder, Emulator(config) as emu:
+        ledger_url = f"sqlite:///{Path(folder) / 'ledger.db'}"
+        user_data = _user_data(emu.url, emu.config, ledger_url)
+        print(f"KooGallery emulator listening on {emu.url}; ledger {ledger_url}")
         print(
             f"Delivering {len(good)} hourly usage records for {len(DEMO_INSTANCES)} instances "
             f"and {len(bad)} bad ones as {len(events)} Kafka trigger batches "
             f"(batch {_REDELIVERED_BATCH + 1} is delivered twice)"
         )
 
-        totals: dict[str, int] = {
-            "received": 0,
-            "accepted": 0,
-            "duplicates": 0,
-            "dead_lettered": 0,
-            "pending": 0,
-        }
-        letters: list[dict[str, Any]] = []
-        redelivery: dict[str, Any] = {}
-        deliveries = [*range(len(events)), _REDELIVERED_BATCH]
-        for number, index in enumerate(deliveries):
-            context = LocalContext(user_data=user_data, request_id=f"demo-{number:03d}")
-            result = handler(events[index], context)
-            for key in totals:
-                totals[key] += result[key]
-            label = f"batch {index + 1}" + (" (redelivered)" if number == len(events) else "")
-            letters.extend({**letter, "batch": label} for letter in result["dead_letters"])
-            if number == len(events):
-                redelivery = result
+        push = _deliver(load_handler("usage-push"), events, user_data)
+        held = len(emu.state.records)
+        _print_push_report(push, emu.state.charges, held)
+        exact = held == len(good) == push.totals["accepted"] and push.totals["pending"] == 0
+        if not exact:
+            print(f"\nMISMATCH: {len(good)} good records, {push.totals['accepted']} accepted")
 
-        held = len(emulator.state.records)
-        charges = emulator.state.charges
+        cycle = _busiest_cycle(good)
+        discrepancy = _inject_discrepancy(emu, cycle)
+        bill = load_handler("bill-fetch")(
+            {"trigger_type": "TIMER", "user_event": json.dumps({"cycle": cycle})},
+            LocalContext(user_data=user_data, request_id="demo-bill", function_name="bill_fetch"),
+        )
 
-    _print_report(totals, redelivery, letters, charges, held)
-    exact = held == len(good) == totals["accepted"]
-    if not exact:
-        print(f"\nMISMATCH: {len(good)} good records, {totals['accepted']} accepted, {held} held")
-    return 0 if exact and totals["pending"] == 0 else 1
+    found = _print_bill_report(bill, discrepancy)
+    return 0 if exact and found else 1
 
 
-def _user_data(url: str, config: Any) -> dict[str, str]:
+@dataclass
+class _Deliveries:
+    totals: dict[str, int]
+    letters: list[dict[str, Any]]
+    redelivery: dict[str, Any]
+
+
+def _deliver(handler: Any, events: list[dict[str, Any]], user_data: dict[str, str]) -> _Deliveries:
+    """Every batch once, then one batch again, through the real handler."""
+    totals = dict.fromkeys(("received", "accepted", "duplicates", "dead_lettered", "pending"), 0)
+    letters: list[dict[str, Any]] = []
+    redelivery: dict[str, Any] = {}
+    deliveries = [*range(len(events)), _REDELIVERED_BATCH]
+    for number, index in enumerate(deliveries):
+        context = LocalContext(user_data=user_data, request_id=f"demo-{number:03d}")
+        result = handler(events[index], context)
+        for key in totals:
+            totals[key] += result[key]
+        label = f"batch {index + 1}" + (" (redelivered)" if number == len(events) else "")
+        letters.extend({**letter, "batch": label} for letter in result["dead_letters"])
+        if number == len(events):
+            redelivery = result
+    return _Deliveries(totals, letters, redelivery)
+
+
+def _busiest_cycle(records: list[dict[str, Any]]) -> str:
+    """The Beijing month holding most of the day (a day can straddle two on the 1st)."""
+    from koogallery.bills import BEIJING
+    from koogallery.models import parse_time
+
+    months = Counter(
+        parse_time(record["begin_time"]).astimezone(BEIJING).strftime("%Y-%m")
+        for record in records
+    )
+    return months.most_common(1)[0][0]
+
+
+def _inject_discrepancy(emulator: Any, cycle: str) -> dict[str, str]:
+    """Make the platform bill two vCPU-hours that were never pushed, for the demo to find."""
+    discrepancy = {
+        "kind": "change_amount",
+        "instance_id": "demo-instance-003",
+        "cycle": cycle,
+        "delta": "0.36",
+    }
+    emulator.inject_bill_discrepancy(discrepancy)
+    return discrepancy
+
+
+def _user_data(url: str, config: Any, ledger_url: str) -> dict[str, str]:
     credential = config.credentials[0]
+    prices = {item.instance_id: str(item.unit_price) for item in DEMO_INSTANCES}
     return {
         "KOOGALLERY_ENDPOINT": url,
+        "KOOGALLERY_BILL_ENDPOINT": url,
+        "KOOGALLERY_SITE": "cn",
         "HUAWEICLOUD_SDK_AK": credential.ak,
         "HUAWEICLOUD_SDK_SK": credential.sk,
+        "HUAWEICLOUD_SDK_DOMAIN_ID": config.domain_id,
         "KOOGALLERY_SELLER_KEY": config.seller_key,
+        "KOOGALLERY_LEDGER_URL": ledger_url,
+        "KOOGALLERY_UNIT_PRICES": json.dumps(prices),
         "KOOGALLERY_LOG_LEVEL": "ERROR",
     }
 
@@ -229,25 +279,20 @@ def _read_input(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _print_report(
-    totals: dict[str, int],
-    redelivery: dict[str, Any],
-    letters: list[dict[str, Any]],
-    charges: Sequence[Any],
-    held: int,
-) -> None:
+def _print_push_report(push: _Deliveries, charges: Sequence[Any], held: int) -> None:
+    totals, redelivery = push.totals, push.redelivery
     print()
     print(f"records pushed                  {totals['received']:>6}")
     print(f"accepted by KooGallery          {totals['accepted']:>6}")
     print(
         f"duplicates on redelivery        {redelivery.get('duplicates', 0):>6}  "
-        f"(batch delivered twice: nothing billed twice, the emulator holds {held} records)"
+        f"(the ledger knew them: not sent again; the emulator holds {held} records)"
     )
     print(f"dead letters                    {totals['dead_lettered']:>6}")
     print(f"still pending                   {totals['pending']:>6}")
     print()
     print("Dead letters (never retried; fix and replay them):")
-    for letter in letters:
+    for letter in push.letters:
         origin = letter["origin"]
         where = f"{letter['batch']}, {origin['trigger']} {origin['source']} #{origin['index']}"
         print(f"  - {where}: {letter['reason']}")
@@ -260,3 +305,48 @@ def _print_report(
             f"  {row['instance_id']:<20} {row['quantity']:>12} {row['unit_price']:>11} "
             f"{row['amount']:>9} {row.get('currency') or ''}"
         )
+
+
+def _print_bill_report(bill: dict[str, Any], discrepancy: dict[str, str]) -> bool:
+    """Print the reconciliation; True when it found exactly the injected discrepancy."""
+    print()
+    print(
+        f"Bill of cycle {bill['cycle']}: {bill['status']} (version {bill['version']}), "
+        f"fetched from the emulator's Partner Center API and stored in the ledger"
+    )
+    report = bill.get("reconciliation") or {}
+    findings = report.get("findings", [])
+    late = [finding for finding in findings if finding["kind"] == "late_push"]
+    alarms = [finding for finding in findings if finding["above_tolerance"]]
+    print()
+    print(f"  {'instance':<20} {'pushed qty':>11} {'expected':>10} {'billed':>10}")
+    for row in report.get("instances", []):
+        print(
+            f"  {row['instance_id']:<20} {row['pushed_quantity']:>11} "
+            f"{row['expected_amount'] or '-':>10} {row['billed_amount'] or '-':>10}"
+        )
+    print()
+    if late:
+        print(
+            f"  {len(late)} instance(s) had usage delivered after KooGallery's hourly collection "
+            "cut-off (the demo pushes a whole past day at once); the platform bills such usage "
+            "in a later period."
+        )
+    for finding in alarms:
+        print(f"  FINDING {finding['kind']}: {finding['detail']}")
+    injected = [
+        finding
+        for finding in alarms
+        if finding["kind"] == "amount_mismatch"
+        and finding["instance_id"] == discrepancy["instance_id"]
+        and Decimal(finding["difference"]) == Decimal(discrepancy["delta"])
+    ]
+    if injected:
+        print(
+            f"  Explained: the emulator was told to bill {discrepancy['delta']} more for "
+            f"{discrepancy['instance_id']} than its delivered usage times its unit price. In "
+            "production this means the bill holds usage the ledger never delivered, or another "
+            "price: raise it with KooGallery with the numbers above (the ledger export has every "
+            "record behind them)."
+        )
+    return len(injected) == 1 and len(alarms) == 1
