@@ -88,6 +88,7 @@ def test_the_shipped_template_keeps_secrets_in_encrypted_user_data() -> None:
 
     assert sorted(usage.user_data) == [
         "HUAWEICLOUD_SDK_AK",
+        "KOOGALLERY_BILLING_MODE",
         "KOOGALLERY_ENDPOINT",
         "KOOGALLERY_SITE",
         "KOOGALLERY_USAGE_API",
@@ -99,8 +100,10 @@ def test_the_shipped_template_keeps_secrets_in_encrypted_user_data() -> None:
     ]
     assert sorted(bill.user_data) == [
         "HUAWEICLOUD_SDK_DOMAIN_ID",
+        "KOOGALLERY_BILLING_MODE",
         "KOOGALLERY_BILL_ENDPOINT",
         "KOOGALLERY_SITE",
+        "KOOGALLERY_UNIT_PRICES",
     ]
     assert sorted(bill.encrypted_user_data) == ["KOOGALLERY_LEDGER_URL"]
 
@@ -110,6 +113,7 @@ def test_the_shipped_template_fills_from_the_environment_and_drops_empty_entries
 
     assert usage.user_data == {
         "HUAWEICLOUD_SDK_AK": "SELLERAK",
+        "KOOGALLERY_BILLING_MODE": "hourly",
         "KOOGALLERY_SITE": "cn",
         "KOOGALLERY_USAGE_API": "v2",
     }
@@ -123,7 +127,11 @@ def test_the_shipped_template_fills_from_the_environment_and_drops_empty_entries
         "batch_size": 100,
     }
     assert usage.xrole == "koogallery-agency"
-    assert bill.user_data == {"HUAWEICLOUD_SDK_DOMAIN_ID": "domain-1", "KOOGALLERY_SITE": "cn"}
+    assert bill.user_data == {
+        "HUAWEICLOUD_SDK_DOMAIN_ID": "domain-1",
+        "KOOGALLERY_BILLING_MODE": "hourly",
+        "KOOGALLERY_SITE": "cn",
+    }
 
 
 def test_every_missing_variable_is_named_with_its_place() -> None:
