@@ -943,3 +943,14 @@ def test_open_ledger_accepts_the_postgres_scheme_alias_and_masks_its_repr(
         assert ledger.schema_version() == LATEST_VERSION
         assert password not in repr(ledger)
         assert repr(ledger).startswith(f"PostgresLedger('postgres://{parts.username}:***@")
+
+
+def test_a_dead_letter_identical_to_an_open_one_is_not_stored_twice(ledger: Ledger) -> None:
+    first = ledger.add_dead_letters([letter("KAFKA", 3, "{bad")], now=NOW)
+    again = ledger.add_dead_letters(
+        [letter("KAFKA", 3, "{bad"), letter("KAFKA", 3, "{other")], now=NOW
+    )
+
+    assert again[0] == first[0]
+    assert again[1] != first[0]
+    assert len(ledger.dead_letters()) == 2

@@ -23,8 +23,8 @@ from koogallery.errors import ConfigurationError
 ROOT = Path(__file__).resolve().parents[1]
 
 SHIPPED_ENV = {
-    "HUAWEICLOUD_SDK_AK": "SELLERAK",
-    "HUAWEICLOUD_SDK_SK": "seller-sk",
+    "KOOGALLERY_PUSH_AK": "SELLERAK",
+    "KOOGALLERY_PUSH_SK": "seller-sk",
     "KOOGALLERY_SELLER_KEY": "seller-key",
     "KOOGALLERY_FUNCTION_AGENCY": "koogallery-agency",
     "KOOGALLERY_VPC_ID": "vpc-1",

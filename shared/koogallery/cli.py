@@ -9,6 +9,7 @@ koogallery demo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -34,11 +35,18 @@ _EXIT_CONFIGURATION = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["emulator"]:
+        from koogallery.emulator.__main__ import main as emulator_main
+
+        return emulator_main(arguments[1:], prog="koogallery emulator")
+
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if not hasattr(args, "run"):
         parser.print_help()
         return _EXIT_USAGE
+    _log_warnings_to_stderr()
     try:
         code: int = args.run(args)
     except ConfigurationError as error:
@@ -49,7 +57,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return _EXIT_OK
     return code
+
+
+def _log_warnings_to_stderr() -> None:
+    """Warnings of the library (late records, conflicts) as plain lines on standard error.
+
+    A command that runs a handler replaces this with the function's JSON lines.
+    """
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("koogallery: %(levelname)s: %(message)s"))
+    handler.set_name("koogallery-cli")
+    root = logging.getLogger("koogallery")
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of our output went away (``| head``): stop without a traceback."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,13 +134,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.set_defaults(run=_run_invoke)
 
-    emulator = commands.add_parser(
+    commands.add_parser(
         "emulator",
-        help="run the local KooGallery emulator",
-        description="Serve the KooGallery usage API on loopback for integration tests.",
+        help="run the local KooGallery emulator (koogallery emulator --help)",
+        add_help=False,
     )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER, help="see --help of it")
-    emulator.set_defaults(run=_run_emulator)
+
+    events = commands.add_parser("events", help="sample trigger events")
+    event_commands = events.add_subparsers(title="events commands", metavar="COMMAND")
+    render = event_commands.add_parser(
+        "render", help="print a sample event with its {{HOUR-N}} placeholders filled"
+    )
+    render.add_argument("file", help="an event file, e.g. events/kafka.json")
+    render.set_defaults(run=_run_render)
 
     add_ledger_commands(commands)
     add_deploy_commands(commands)
@@ -154,10 +195,11 @@ def _run_push(args: argparse.Namespace) -> int:
     try:
         with KooGalleryClient(settings) as client:
             pipeline = UsagePipeline(client, ledger=ledger, lease_seconds=settings.lease_seconds)
-            first = True
+            if ledger is not None:
+                total.outbox = pipeline.drain_outbox()
+                letters.write_outbox(total.outbox)
             for batch in _batches(read_records(source, args.format), args.batch_size):
-                summary = pipeline.push_raw(batch, drain_outbox=first)
-                first = False
+                summary = pipeline.push_raw(batch)
                 letters.write(summary)
                 total.merge(summary)
                 progress.update(total)
@@ -203,6 +245,11 @@ class _DeadLetterSink:
             summary.dead_letters = summary.dead_letters[: max(0, 20 - self._kept)]
         self._kept += len(summary.dead_letters)
 
+    def write_outbox(self, outbox: Any) -> None:
+        if self._stream is not None:
+            for letter in outbox.dead_letters:
+                self._stream.write(json.dumps({**letter.to_dict(), "raw": letter.raw}) + "\n")
+
     def close(self) -> None:
         if self._stream is not None:
             self._stream.close()
@@ -244,8 +291,15 @@ def _print_summary_table(summary: Any, dead_letter_path: Path | None) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value:>12,}")
-    if summary.outbox is not None and summary.outbox.drained:
-        print(f"{'outbox drained':<{width}}  {summary.outbox.drained:>12,}")
+    outbox = summary.outbox
+    if outbox is not None and outbox.drained:
+        print(
+            f"{'outbox drained':<{width}}  {outbox.drained:>12,}  (left pending by earlier runs: "
+            f"{outbox.accepted:,} accepted, {outbox.duplicates:,} duplicates, "
+            f"{outbox.dead_lettered:,} dead-lettered, {outbox.pending:,} still pending)"
+        )
+        for letter in outbox.dead_letters[:20]:
+            print(f"dead letter  {letter.origin.label()}: {letter.reason}")
     if summary.late:
         print(f"{'late':<{width}}  {summary.late:>12,}  (after the collection cut-off)")
     if summary.pending_reason:
@@ -262,18 +316,26 @@ def _run_invoke(args: argparse.Namespace) -> int:
     from koogallery.events import render_sample_event
     from koogallery.functiongraph import LocalContext
 
-    text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text(encoding="utf-8")
-    event = json.loads(render_sample_event(text, datetime.now(timezone.utc)))
+    text = _read_text(args.event)
+    if text is None:
+        return _EXIT_USAGE
+    try:
+        event = json.loads(render_sample_event(text, datetime.now(timezone.utc)))
+    except ValueError as error:
+        print(f"koogallery: {args.event} is not a JSON event: {error}", file=sys.stderr)
+        return _EXIT_USAGE
     user_data = dict(_key_value(item) for item in args.user_data)
     context = LocalContext(user_data=user_data, timeout_seconds=args.timeout)
 
     handler = load_handler(args.function)
-    try:
-        result = handler(event, context)
-    except KooGalleryError as error:
-        print(
-            json.dumps({"errorMessage": str(error), "errorType": type(error).__name__}, indent=2)
-        )
+    failure: dict[str, str] | None = None
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            result = handler(event, context)
+        except KooGalleryError as error:
+            failure = {"errorMessage": str(error), "errorType": type(error).__name__}
+    if failure is not None:
+        print(json.dumps(failure, indent=2))
         return _EXIT_INCOMPLETE
     print(json.dumps(result, indent=2, default=str))
     return _EXIT_OK
@@ -346,11 +408,25 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     return _EXIT_INCOMPLETE if report.has_findings_above_tolerance else _EXIT_OK
 
 
-def _run_emulator(args: argparse.Namespace) -> int:
-    from koogallery.emulator.__main__ import main as emulator_main
+def _run_render(args: argparse.Namespace) -> int:
+    from koogallery.events import render_sample_event
 
-    code: int = emulator_main(args.emulator_args)
-    return code
+    text = _read_text(args.file)
+    if text is None:
+        return _EXIT_USAGE
+    print(render_sample_event(text, datetime.now(timezone.utc)), end="")
+    return _EXIT_OK
+
+
+def _read_text(name: str) -> str | None:
+    """A file's text (``-`` for standard input), or None after saying why it cannot be read."""
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as error:
+        print(f"koogallery: cannot read {name}: {error.strerror}", file=sys.stderr)
+        return None
 
 
 def _run_demo(args: argparse.Namespace) -> int:

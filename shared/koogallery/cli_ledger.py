@@ -152,7 +152,10 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"{record_status.value:<14} {count:>12,}")
     age = status.oldest_pending_age
     print(f"{'oldest pending':<14} {'-' if age is None else _duration(age.total_seconds()):>12}")
-    print(f"{'dead letters':<14} {status.open_dead_letters:>12,} open")
+    print(
+        f"{'dead letters':<14} {status.open_dead_letters:>12,} open (messages and records; "
+        "see koogallery dlq list)"
+    )
     print(f"{'conflicts':<14} {status.conflicts:>12,}")
     print(f"{'attempts':<14} {status.attempts:>12,}")
     cutoff = status.next_collection_cutoff.strftime("%Y-%m-%d %H:%M:%SZ")
@@ -226,7 +229,7 @@ def _run_dlq_show(args: argparse.Namespace) -> int:
         letter = ledger.dead_letter(args.id)
     if letter is None:
         print(f"koogallery: no dead letter {args.id}", file=sys.stderr)
-        return 2
+        return 1
     print(json.dumps(letter.to_dict(), indent=2, default=str))
     return 0
 

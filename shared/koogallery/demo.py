@@ -151,42 +151,43 @@ def run_demo(*, input_path: Path | None = None, seed: int = 20261204) -> int:
     from koogallery.emulator import Emulator, EmulatorConfig, Instance
 
     now = datetime.now(timezone.utc)
-    good = _read_input(input_path) if input_path else generate_day(now, seed)
-    bad = bad_records(now)
-    messages = _interleave(
-        [json.dumps(record) for record in good], [json.dumps(record) for record in bad]
-    )
-    events = kafka_events(messages)
+    if input_path is None:
+        good = [json.dumps(record) for record in generate_day(now, seed)]
+        priced = [(item.instance_id, item.product_id, item.unit_price) for item in DEMO_INSTANCES]
+    else:
+        good = [line for line in input_path.read_text(encoding="utf-8").splitlines() if line]
+        priced = [(name, "demo-input", _INPUT_PRICE) for name in _instance_ids(good)]
+    bad = [json.dumps(record) for record in bad_records(now)]
+    events = kafka_events(_interleave(good, bad))
+    redelivered = min(_REDELIVERED_BATCH, len(events) - 1)
 
     instances = [
-        Instance(
-            instance_id=item.instance_id,
-            product_id=item.product_id,
-            unit_price=item.unit_price,
-            billing_mode="hourly",
-        )
-        for item in DEMO_INSTANCES
+        Instance(instance_id=name, product_id=product, unit_price=price, billing_mode="hourly")
+        for name, product, price in priced
     ]
     config = EmulatorConfig(instances=instances, bills_preview=True)
     with tempfile.TemporaryDirectory(prefix="koogallery-demo-") as folder, Emulator(config) as emu:
         ledger_url = f"sqlite:///{Path(folder) / 'ledger.db'}"
-        user_data = _user_data(emu.url, emu.config, ledger_url)
+        prices = {name: str(price) for name, _, price in priced}
+        user_data = _user_data(emu.url, emu.config, ledger_url, prices)
         print(f"KooGallery emulator listening on {emu.url}; ledger {ledger_url}")
         print(
-            f"Delivering {len(good)} hourly usage records for {len(DEMO_INSTANCES)} instances "
-            f"and {len(bad)} bad ones as {len(events)} Kafka trigger batches "
-            f"(batch {_REDELIVERED_BATCH + 1} is delivered twice)"
+            f"Delivering {len(good)} usage records for {len(priced)} instances and {len(bad)} "
+            f"bad ones as {len(events)} Kafka trigger batches (batch {redelivered + 1} is "
+            "delivered twice)"
         )
 
-        push = _deliver(load_handler("usage-push"), events, user_data)
+        push = _deliver(load_handler("usage-push"), events, user_data, redelivered)
         held = len(emu.state.records)
         _print_push_report(push, emu.state.charges, held)
-        exact = held == len(good) == push.totals["accepted"] and push.totals["pending"] == 0
+        exact = held == push.totals["accepted"] and push.totals["pending"] == 0
+        if input_path is None:
+            exact = exact and held == len(good)
         if not exact:
             print(f"\nMISMATCH: {len(good)} good records, {push.totals['accepted']} accepted")
 
-        cycle = _busiest_cycle(good)
-        discrepancy = _inject_discrepancy(emu, cycle)
+        cycle, target = _busiest(good)
+        discrepancy = _inject_discrepancy(emu, cycle, target)
         bill = load_handler("bill-fetch")(
             {"trigger_type": "TIMER", "user_event": json.dumps({"cycle": cycle})},
             LocalContext(user_data=user_data, request_id="demo-bill", function_name="bill_fetch"),
@@ -196,6 +197,23 @@ def run_demo(*, input_path: Path | None = None, seed: int = 20261204) -> int:
     return 0 if exact and found else 1
 
 
+_INPUT_PRICE = Decimal("0.01")
+"""The unit price the demo registers for instances of an ``--input`` file."""
+
+
+def _instance_ids(messages: list[str]) -> list[str]:
+    """The instance ids named by an input file's records, in order of first appearance."""
+    names: dict[str, None] = {}
+    for message in messages:
+        try:
+            record = json.loads(message)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("instance_id"), str):
+            names.setdefault(record["instance_id"])
+    return list(names)
+
+
 @dataclass
 class _Deliveries:
     totals: dict[str, int]
@@ -203,12 +221,14 @@ class _Deliveries:
     redelivery: dict[str, Any]
 
 
-def _deliver(handler: Any, events: list[dict[str, Any]], user_data: dict[str, str]) -> _Deliveries:
+def _deliver(
+    handler: Any, events: list[dict[str, Any]], user_data: dict[str, str], redelivered: int
+) -> _Deliveries:
     """Every batch once, then one batch again, through the real handler."""
     totals = dict.fromkeys(("received", "accepted", "duplicates", "dead_lettered", "pending"), 0)
     letters: list[dict[str, Any]] = []
     redelivery: dict[str, Any] = {}
-    deliveries = [*range(len(events)), _REDELIVERED_BATCH]
+    deliveries = [*range(len(events)), redelivered]
     for number, index in enumerate(deliveries):
         context = LocalContext(user_data=user_data, request_id=f"demo-{number:03d}")
         result = handler(events[index], context)
@@ -221,23 +241,36 @@ def _deliver(handler: Any, events: list[dict[str, Any]], user_data: dict[str, st
     return _Deliveries(totals, letters, redelivery)
 
 
-def _busiest_cycle(records: list[dict[str, Any]]) -> str:
-    """The Beijing month holding most of the day (a day can straddle two on the 1st)."""
+def _busiest(messages: list[str]) -> tuple[str, str]:
+    """The Beijing month holding most of the usage (a day can straddle two on the 1st), and
+    the instance in it to make the bill wrong for: the demo's compute instance, else the first.
+    """
     from koogallery.bills import BEIJING
     from koogallery.models import parse_time
 
-    months = Counter(
-        parse_time(record["begin_time"]).astimezone(BEIJING).strftime("%Y-%m")
-        for record in records
-    )
-    return months.most_common(1)[0][0]
+    months: Counter[str] = Counter()
+    names: dict[str, list[str]] = {}
+    for message in messages:
+        try:
+            record = json.loads(message)
+            month = parse_time(record["begin_time"]).astimezone(BEIJING).strftime("%Y-%m")
+        except (ValueError, KeyError, TypeError):
+            continue
+        months[month] += 1
+        names.setdefault(month, []).append(str(record.get("instance_id")))
+    if not months:
+        return datetime.now(BEIJING).strftime("%Y-%m"), "demo-instance-003"
+
+    cycle = months.most_common(1)[0][0]
+    target = "demo-instance-003" if "demo-instance-003" in names[cycle] else names[cycle][0]
+    return cycle, target
 
 
-def _inject_discrepancy(emulator: Any, cycle: str) -> dict[str, str]:
-    """Make the platform bill two vCPU-hours that were never pushed, for the demo to find."""
+def _inject_discrepancy(emulator: Any, cycle: str, instance_id: str) -> dict[str, str]:
+    """Make the platform bill 0.36 more than was pushed for one instance, for the demo to find."""
     discrepancy = {
         "kind": "change_amount",
-        "instance_id": "demo-instance-003",
+        "instance_id": instance_id,
         "cycle": cycle,
         "delta": "0.36",
     }
@@ -245,9 +278,8 @@ def _inject_discrepancy(emulator: Any, cycle: str) -> dict[str, str]:
     return discrepancy
 
 
-def _user_data(url: str, config: Any, ledger_url: str) -> dict[str, str]:
+def _user_data(url: str, config: Any, ledger_url: str, prices: dict[str, str]) -> dict[str, str]:
     credential = config.credentials[0]
-    prices = {item.instance_id: str(item.unit_price) for item in DEMO_INSTANCES}
     return {
         "KOOGALLERY_ENDPOINT": url,
         "KOOGALLERY_BILL_ENDPOINT": url,
@@ -271,14 +303,6 @@ def _interleave(good: list[str], bad: list[str]) -> list[str]:
     return messages
 
 
-def _read_input(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    return records
-
-
 def _print_push_report(push: _Deliveries, charges: Sequence[Any], held: int) -> None:
     totals, redelivery = push.totals, push.redelivery
     print()
@@ -291,7 +315,7 @@ def _print_push_report(push: _Deliveries, charges: Sequence[Any], held: int) -> 
     print(f"dead letters                    {totals['dead_lettered']:>6}")
     print(f"still pending                   {totals['pending']:>6}")
     print()
-    print("Dead letters (never retried; fix and replay them):")
+    print("Dead letters (not retried automatically: fix them, then `koogallery dlq retry`):")
     for letter in push.letters:
         origin = letter["origin"]
         where = f"{letter['batch']}, {origin['trigger']} {origin['source']} #{origin['index']}"
@@ -302,8 +326,8 @@ def _print_push_report(push: _Deliveries, charges: Sequence[Any], held: int) -> 
     for charge in charges:
         row = charge.as_dict()
         print(
-            f"  {row['instance_id']:<20} {row['quantity']:>12} {row['unit_price']:>11} "
-            f"{row['amount']:>9} {row.get('currency') or ''}"
+            f"  {row['instance_id']:<20} {row['quantity']:>12} {row['unit_price'] or '-':>11} "
+            f"{row['amount'] or '-':>12} {row.get('currency') or ''}"
         )
 
 

@@ -112,8 +112,8 @@ def configure_json_logging(
 ) -> logging.Handler:
     """Send the ``koogallery`` loggers' output to ``stream`` (stdout) as JSON lines.
 
-    Calling it again replaces the handler, so a warm FunctionGraph instance that handles many
-    invocations never duplicates lines.
+    It replaces whatever handlers the ``koogallery`` logger had, so a warm FunctionGraph
+    instance that handles many invocations, or a CLI that runs a handler, never duplicates lines.
     """
     plain = [
         value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -127,10 +127,7 @@ def configure_json_logging(
     handler.set_name("koogallery-json")
 
     root = logging.getLogger("koogallery")
-    for existing in list(root.handlers):
-        if existing.get_name() == "koogallery-json":
-            root.removeHandler(existing)
-    root.addHandler(handler)
+    root.handlers = [handler]
     root.setLevel(level)
     root.propagate = False
     return handler

@@ -15,6 +15,7 @@ the platform's code; a record that could not be delivered yet is counted as pend
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from koogallery.client import KooGalleryClient, PushObserver, RecordOutcome, Status
+from koogallery.client import (
+    Attempt,
+    KooGalleryClient,
+    PushObserver,
+    PushResult,
+    RecordOutcome,
+    Status,
+)
 from koogallery.errors import RecordValidationError
 from koogallery.events import Message, Origin, RawRecord, decode_usage_message
 from koogallery.models import MAX_BEGIN_AGE, UsageRecord, format_time, format_usage_value
@@ -65,7 +73,7 @@ class DeadLetter:
         return entry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ValidRecord:
     """A validated record and where it came from."""
 
@@ -110,8 +118,11 @@ class Summary:
 
     @property
     def complete(self) -> bool:
-        """True when every record was delivered (accepted or already held)."""
-        return self.dead_lettered == 0 and self.pending == 0
+        """True when every record was delivered (accepted or already held), the outbox's too."""
+        outbox_clean = self.outbox is None or (
+            self.outbox.dead_lettered == 0 and self.outbox.pending == 0
+        )
+        return self.dead_lettered == 0 and self.pending == 0 and outbox_clean
 
     def to_dict(self, *, dead_letter_limit: int | None = None) -> dict[str, Any]:
         letters = (
@@ -145,6 +156,7 @@ class OutboxSummary:
     duplicates: int = 0
     dead_lettered: int = 0
     pending: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def merge(self, other: OutboxSummary) -> None:
         self.drained += other.drained
@@ -152,15 +164,19 @@ class OutboxSummary:
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
         self.pending += other.pending
+        self.dead_letters.extend(other.dead_letters)
 
-    def to_dict(self) -> dict[str, int]:
-        return {
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
             "drained": self.drained,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "dead_lettered": self.dead_lettered,
             "pending": self.pending,
         }
+        if self.dead_letters:
+            result["dead_letters"] = [letter.to_dict() for letter in self.dead_letters]
+        return result
 
 
 class UsagePipeline:
@@ -223,7 +239,7 @@ class UsagePipeline:
             summary.outbox = self.drain_outbox(deadline=_halfway(deadline, self._monotonic))
 
         records = [record for _, _, record in to_push]
-        result = self.client.push_usage(records, deadline=deadline, observer=self._observer())
+        result = self._push_releasing_on_error(records, self.owner, deadline)
         for (order, item, _), outcome in zip(to_push, result.outcomes, strict=True):
             self._count(summary, order, item, outcome, letters)
 
@@ -240,19 +256,26 @@ class UsagePipeline:
         if self.ledger is None:
             return drained
         owner = f"{self.owner}/outbox"
-        observer = self.ledger.observer(owner)
         while deadline is None or self._monotonic() < deadline:
+            now = self._clock()
             records = self.ledger.outbox(
-                limit=limit, now=self._clock(), owner=owner, lease_seconds=self._lease_seconds
+                limit=limit, now=now, owner=owner, lease_seconds=self._lease_seconds
             )
             if not records:
                 break
-            result = self.client.push_usage(records, deadline=deadline, observer=observer)
+            result = self._push_releasing_on_error(records, owner, deadline)
             drained.drained += len(records)
             drained.accepted += len(result.accepted)
             drained.duplicates += len(result.duplicates)
             drained.dead_lettered += len(result.dead_lettered)
             drained.pending += len(result.pending)
+            drained.dead_letters.extend(
+                _outbox_letter(outcome) for outcome in result.dead_lettered
+            )
+            if result.dead_lettered:
+                self.ledger.add_dead_letters(
+                    drained.dead_letters[-len(result.dead_lettered) :], now=now
+                )
             if result.pending:
                 break
         if drained.drained:
@@ -262,8 +285,29 @@ class UsagePipeline:
     def _clock(self) -> datetime:
         return self._now or datetime.now(timezone.utc)
 
-    def _observer(self) -> PushObserver | None:
-        return None if self.ledger is None else self.ledger.observer(self.owner)
+    def _push_releasing_on_error(
+        self, records: list[UsageRecord], owner: str, deadline: float | None
+    ) -> PushResult:
+        """Push under ``owner``; if the push stops on an error, give back the records it held.
+
+        A configuration error (a wrong key, say) ends the run at once; without this, the
+        records it had claimed would stay leased to a run that no longer exists until the lease
+        expires, and a corrected run started right after could not push them.
+        """
+        if self.ledger is None:
+            return self.client.push_usage(records, deadline=deadline)
+
+        observer = _SettledSet(self.ledger.observer(owner))
+        try:
+            return self.client.push_usage(records, deadline=deadline, observer=observer)
+        except BaseException as error:
+            unsettled = [
+                RecordOutcome(record, Status.PENDING, reason=f"run stopped: {error}")
+                for record in records
+                if record.sn not in observer.settled
+            ]
+            self.ledger.settle(unsettled, owner=owner, now=self._clock())
+            raise
 
     def _validate(
         self,
@@ -370,6 +414,36 @@ class UsagePipeline:
             )
         if self.ledger is not None and summary.dead_letters and record:
             self.ledger.add_dead_letters(summary.dead_letters, now=now)
+
+
+@dataclass
+class _SettledSet:
+    """A push observer that passes everything on and remembers which records were settled."""
+
+    inner: PushObserver
+    settled: set[str] = field(default_factory=set)
+
+    def on_attempt(self, attempt: Attempt) -> None:
+        self.inner.on_attempt(attempt)
+
+    def on_outcomes(self, outcomes: Sequence[RecordOutcome]) -> None:
+        self.inner.on_outcomes(outcomes)
+        self.settled.update(outcome.record.sn for outcome in outcomes)
+
+
+def _outbox_letter(outcome: RecordOutcome) -> DeadLetter:
+    """A dead letter for a record the outbox drained: its message is long gone, so the record
+    itself (exactly as the ledger kept it) is what a person replays."""
+    record = outcome.record.to_json_dict()
+    origin = Origin(trigger="OUTBOX", source=None, index=0, message_id=outcome.record.sn)
+    return DeadLetter(
+        origin=origin,
+        reason=outcome.reason or "rejected by KooGallery",
+        record=record,
+        raw=json.dumps(record, sort_keys=True),
+        error_code=outcome.error_code,
+        field=_field_of(outcome),
+    )
 
 
 def _halfway(deadline: float | None, monotonic: Callable[[], float]) -> float | None:

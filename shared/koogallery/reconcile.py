@@ -144,7 +144,7 @@ class Reconciliation:
                     row["pushed"] or "",
                     row["billed"] or "",
                     row["difference"],
-                    row["above_tolerance"],
+                    "true" if row["above_tolerance"] else "false",
                     row["detail"],
                 ]
             )

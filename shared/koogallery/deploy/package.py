@@ -58,7 +58,9 @@ MAX_ZIP_BYTES = 10 * 1024 * 1024
 """The product's budget per zip: well under the console's 40 MB upload limit, so a function
 can still be inspected and edited in the console."""
 
-LIBRARY_EXCLUDES = frozenset({"emulator", "cli.py", "demo.py", "deploy", "serve.py"})
+LIBRARY_EXCLUDES = frozenset(
+    {"emulator", "cli.py", "cli_ledger.py", "demo.py", "deploy", "serve.py"}
+)
 """Top-level entries of the library that only a developer's machine uses."""
 
 _DIST_INFO_NOISE = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})

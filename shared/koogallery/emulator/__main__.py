@@ -24,9 +24,9 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m koogallery.emulator") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m koogallery.emulator",
+        prog=prog,
         description="Serve a local KooGallery usage API on a loopback port.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         "--accept-any-instance",
         action="store_true",
         help="accept records for instances that were never registered",
+    )
+    parser.add_argument(
+        "--bills-preview",
+        action="store_true",
+        help="serve a cycle's bills before the cycle closes (to reconcile today's usage)",
     )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
@@ -51,6 +56,8 @@ def _load_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> E
 
     if args.accept_any_instance:
         config = replace(config, accept_any_instance=True)
+    if args.bills_preview:
+        config = replace(config, bills_preview=True)
 
     return config
 
@@ -71,9 +78,9 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Parse the arguments, serve until interrupted, and return the exit status."""
-    parser = _parser()
+    parser = _parser(prog) if prog else _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
 

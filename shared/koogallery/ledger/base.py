@@ -351,7 +351,11 @@ class Ledger(ABC):
 
     @abstractmethod
     def add_dead_letters(self, letters: Sequence[DeadLetter], *, now: datetime) -> list[int]:
-        """Store ``letters`` as ``open`` and return their ids, in the order given."""
+        """Store ``letters`` as ``open`` and return their ids, in the order given.
+
+        A letter identical to one still open (same trigger, position, reason and raw text: a
+        queue delivering the same bad message again) is not stored twice; its id is returned.
+        """
 
     @abstractmethod
     def outbox(

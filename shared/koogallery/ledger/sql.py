@@ -489,6 +489,19 @@ class SqlLedger(Ledger):
             for letter in letters:
                 entry = letter.to_dict()
                 record = None if letter.record is None else _json_text(entry["record"])
+                same = tx.rows(
+                    "SELECT id FROM dead_letters WHERE state = 'open' AND origin_trigger = ? "
+                    "AND COALESCE(position, -1) = ? AND reason = ? AND raw = ? LIMIT 1",
+                    (
+                        letter.origin.trigger,
+                        -1 if letter.position is None else letter.position,
+                        letter.reason,
+                        letter.raw,
+                    ),
+                )
+                if same:
+                    ids.append(int(same[0][0]))
+                    continue
                 found = tx.rows(
                     "INSERT INTO dead_letters (created_at, origin_trigger, origin_json, "
                     "position, reason, field, error_code, record_json, raw) "
