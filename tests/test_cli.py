@@ -220,3 +220,110 @@ def test_demo_pushes_a_day_and_bills_nothing_twice(capsys: pytest.CaptureFixture
     assert "FINDING amount_mismatch: demo-instance-003:" in out
     assert "(difference 0.360)" in out
     assert "Explained: the emulator was told to bill 0.36 more for demo-instance-003" in out
+
+
+def test_emulator_subcommand_takes_the_emulators_own_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["emulator", "--help"])
+
+    out = capsys.readouterr().out
+    assert caught.value.code == 0
+    assert out.startswith("usage: koogallery emulator [-h] [--host HOST] [--port PORT]")
+    assert "--bills-preview" in out
+
+
+def test_emulator_subcommand_serves_on_the_port_it_prints(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "koogallery.cli", "emulator", "--port", "0", "--bills-preview"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        import httpx
+
+        health = httpx.get(f"{url}/_emulator/health", timeout=5).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    assert url.startswith("http://127.0.0.1:")
+    assert health["status"] == "ok"
+
+
+def test_events_render_fills_the_hour_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "render", str(ROOT / "events" / "kafka.json")]) == 0
+
+    out = capsys.readouterr().out
+    assert "{{HOUR" not in out
+    assert json.loads(out)["trigger_type"] == "KAFKA"
+
+
+def test_invoke_keeps_the_result_on_stdout_and_the_logs_on_stderr(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["invoke", "usage-push", "--event", str(ROOT / "events" / "smn.json")])
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)["accepted"] == 2
+
+
+def test_invoke_with_a_missing_event_file_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["invoke", "usage-push", "--event", "no-such-event.json"])
+
+    assert code == 2
+    assert capsys.readouterr().err.startswith("koogallery: cannot read no-such-event.json")
+
+
+def test_push_of_an_empty_file_drains_what_earlier_runs_left_pending(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from koogallery.emulator import FaultPlan
+
+    source = tmp_path / "usage.jsonl"
+    source.write_text(json.dumps(_record(3)) + "\n", encoding="utf-8")
+    emulator.set_faults(FaultPlan(rates={"500": 1.0}))
+    assert main(["push", str(source)]) == 1
+    emulator.clear_faults()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    capsys.readouterr()
+
+    code = main(["push", str(empty), "--json"])
+
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["outbox"] == {
+        "drained": 1,
+        "accepted": 1,
+        "duplicates": 0,
+        "dead_lettered": 0,
+        "pending": 0,
+    }
+    assert len(emulator.state.records) == 1
+
+
+def test_demo_with_a_small_input_file_runs_and_finds_its_discrepancy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "mine.jsonl"
+    source.write_text(
+        "\n".join(json.dumps(_record(h, "my-instance", "4")) for h in (3, 4, 5)) + "\n",
+        encoding="utf-8",
+    )
+
+    code = main(["demo", "--input", str(source)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Delivering 3 usage records for 1 instances" in out
+    assert "FINDING amount_mismatch: my-instance: expected 0.12 (12 x 0.01)" in out

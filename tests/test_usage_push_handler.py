@@ -433,3 +433,39 @@ def test_with_a_ledger_dead_letters_are_kept_with_their_raw_message(
     with open_ledger(any_ledger_url) as ledger:
         (row,) = ledger.dead_letters()
     assert (row.raw, row.state, row.origin.trigger) == ("{not json", "open", "KAFKA")
+
+
+def test_with_a_ledger_a_configuration_error_gives_back_the_records_at_once(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    event = _kafka(_good(hours_back=4), _good(hours_back=3))
+    with pytest.raises(AuthenticationError):
+        handler(event, _ledger_context(emulator, any_ledger_url, KOOGALLERY_SELLER_KEY="fake-x"))
+
+    result = handler(_kafka(_good("demo-instance-002")), _ledger_context(emulator, any_ledger_url))
+
+    assert result["outbox"]["drained"] == 2
+    assert result["outbox"]["accepted"] == 2
+    assert _statuses(any_ledger_url) == {"accepted": 3}
+
+
+def test_with_a_ledger_an_outbox_record_refused_by_koogallery_becomes_a_dead_letter(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    from koogallery.ledger import open_ledger
+
+    emulator.set_faults(FaultPlan(rates={"500": 1.0}))
+    with pytest.raises(UsagePushIncomplete):
+        handler(_kafka(_good("demo-instance-404")), _ledger_context(emulator, any_ledger_url))
+    emulator.clear_faults()
+
+    result = handler(_kafka(_good("demo-instance-002")), _ledger_context(emulator, any_ledger_url))
+
+    outbox = result["outbox"]
+    assert (outbox["drained"], outbox["dead_lettered"]) == (1, 1)
+    (letter,) = outbox["dead_letters"]
+    assert (letter["origin"]["trigger"], letter["error_code"]) == ("OUTBOX", "MKT.9001")
+    assert letter["record"]["instance_id"] == "demo-instance-404"
+    with open_ledger(any_ledger_url) as ledger:
+        (stored,) = ledger.dead_letters()
+    assert (stored.origin.trigger, stored.field) == ("OUTBOX", "instance_id")
