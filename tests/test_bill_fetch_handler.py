@@ -166,31 +166,39 @@ def test_backfill_fetches_stores_and_reconciles_with_no_findings(
     assert result["findings_above_tolerance"] is False
 
 
-def test_usage_delivered_after_its_collection_cut_off_is_a_late_push_finding(
+def test_usage_collected_only_in_the_next_month_is_late_and_the_rest_is_not(
     any_ledger_url: str,
 ) -> None:
-    old = BEGIN - timedelta(hours=3)
-    record = {
-        "instance_id": "inst-b",
-        "begin_time": old.isoformat(),
-        "end_time": (old + timedelta(hours=1)).isoformat(),
-        "usage_value": "7",
-    }
-    cycle = old.astimezone(BEIJING).strftime("%Y-%m")
-    with _emulator() as emulator:
-        usage_push({"usage_records": [record]}, _context(emulator, any_ledger_url))
+    from koogallery.bill_fetch import usage_for_cycle
+    from koogallery.client import RecordOutcome, Status
+    from koogallery.models import UsageRecord
 
-        result = bill_fetch(
-            _timer(json.dumps({"cycle": cycle})), _context(emulator, any_ledger_url)
+    last_hour = datetime(2026, 11, 30, 15, tzinfo=timezone.utc)  # 23:00 Beijing on the 30th
+    records = [
+        UsageRecord.parse(
+            {
+                "instance_id": name,
+                "begin_time": last_hour,
+                "end_time": last_hour + timedelta(hours=1),
+                "usage_value": "7",
+            },
+            now=last_hour + timedelta(hours=2),
         )
+        for name in ("inst-on-time", "inst-late")
+    ]
+    with open_ledger(any_ledger_url) as ledger:
+        ledger.claim(records, owner="run", now=last_hour + timedelta(hours=1))
+        on_time = last_hour + timedelta(hours=1, minutes=10)  # before 16:15Z, the collection
+        ledger.settle([RecordOutcome(records[0], Status.ACCEPTED)], owner="run", now=on_time)
+        next_month = last_hour + timedelta(hours=2)  # 01:00 Beijing on 1 December
+        ledger.settle([RecordOutcome(records[1], Status.ACCEPTED)], owner="run", now=next_month)
 
-    (finding,) = result["reconciliation"]["findings"]
-    assert (finding["kind"], finding["instance_id"], finding["pushed"]) == (
-        "late_push",
-        "inst-b",
-        "7",
-    )
-    assert finding["above_tolerance"] is False
+        usage = usage_for_cycle(ledger, "2026-11")
+
+    assert [(item.instance_id, item.late_records, item.late_quantity) for item in usage] == [
+        ("inst-late", 1, Decimal("7")),
+        ("inst-on-time", 0, Decimal("0")),
+    ]
 
 
 def test_a_second_run_with_the_same_bill_is_unchanged(

@@ -389,3 +389,36 @@ def test_reconciliation_renders_as_table_csv_and_json(emulator: Emulator) -> Non
     assert "[!] pushed_not_billed: inst-002" in report.to_table()
     assert report.to_csv().splitlines()[1].startswith(f"{CYCLE},pushed_not_billed,inst-002,2,,")
     assert '"kind": "pushed_not_billed"' in report.to_json()
+
+
+def test_a_fully_discounted_line_is_billed_at_zero_not_at_its_list_price() -> None:
+    document = BillDocument(site="cn", cycle="2026-11", currency="CNY")
+    document.fee_records = [
+        {
+            "id": "line-1",
+            "resource_id": "inst-000",
+            "usage_amount": Decimal("3"),
+            "payment_amount": Decimal("0"),
+            "official_amount": Decimal("12.50"),
+        }
+    ]
+
+    (line,) = document.fee_lines()
+
+    assert line.amount == Decimal("0")
+
+
+def test_retries_stop_before_the_deadline_so_the_run_can_be_recorded(emulator: Emulator) -> None:
+    emulator.set_bill_faults(FaultPlan(rates={"500": 1.0}))
+    clock = [10.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    settings = _settings(emulator)
+    with BillClient(settings, sleep=sleep, rng=lambda: 1.0, monotonic=lambda: clock[0]) as client:
+        result = client.fetch(CYCLE, deadline=11.2)
+
+    assert (result.status, result.error_code) == (BillStatus.FAILED, "CBC.0999")
+    assert len(result.request_ids) == 2
+    assert result.error_msg is not None and "no time left" in result.error_msg

@@ -145,6 +145,7 @@ def test_every_missing_variable_is_named_with_its_place() -> None:
         "functions[0].encrypted_user_data.KOOGALLERY_SELLER_KEY: ${KOOGALLERY_SELLER_KEY} is "
         "not set in the environment",
         "functions[0].func_vpc.vpc_id: ${KOOGALLERY_VPC_ID} is not set in the environment",
+        "functions[1].func_vpc.vpc_id: ${KOOGALLERY_VPC_ID} is not set in the environment",
     )
 
 

@@ -469,3 +469,65 @@ def test_with_a_ledger_an_outbox_record_refused_by_koogallery_becomes_a_dead_let
     with open_ledger(any_ledger_url) as ledger:
         (stored,) = ledger.dead_letters()
     assert (stored.origin.trigger, stored.field) == ("OUTBOX", "instance_id")
+
+
+def test_log_lines_mask_every_configured_secret_even_with_json_special_characters() -> None:
+    import io
+    import logging
+
+    from koogallery.logs import configure_json_logging
+
+    stream = io.StringIO()
+    secrets = ['fake"quoted\\secret', "fake-ledger-password"]
+    configure_json_logging(secrets=secrets, stream=stream)
+    logging.getLogger("koogallery.test").warning(
+        "connect to %s",
+        "postgresql://u:fake-ledger-password@127.0.0.1/db",
+        extra={"event": "x", "detail": 'key fake"quoted\\secret here'},
+    )
+
+    line = stream.getvalue()
+    assert "fake-ledger-password" not in line
+    assert json.loads(line)["detail"] == "key *** here"
+    assert json.loads(line)["message"] == "connect to postgresql://u:***@127.0.0.1/db"
+
+
+def test_two_records_for_one_window_with_different_metering_sn_are_a_conflict(
+    emulator: Emulator,
+) -> None:
+    first = {**json.loads(_good(value="2")), "metering_sn": "seller-sn-1"}
+    second = {**json.loads(_good(value="5")), "metering_sn": "seller-sn-2"}
+
+    result = handler(_kafka(json.dumps(first), json.dumps(second)), _context(emulator))
+
+    assert (result["accepted"], result["dead_lettered"]) == (1, 1)
+    (letter,) = result["dead_letters"]
+    assert "appears earlier in this batch as seller-sn-1" in letter["reason"]
+    assert [stored.metering_sn for stored in emulator.state.records] == ["seller-sn-1"]
+
+
+def test_copies_that_differ_only_in_record_time_are_one_record(emulator: Emulator) -> None:
+    record = json.loads(_good())
+    later = {**record, "record_time": record["end_time"].replace("00:00Z", "05:00Z")}
+
+    result = handler(_kafka(json.dumps(record), json.dumps(later)), _context(emulator))
+
+    assert (result["accepted"], result["duplicates"], result["dead_lettered"]) == (1, 1, 0)
+
+
+def test_with_a_ledger_a_configuration_error_while_draining_gives_back_the_batch_too(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    emulator.set_faults(FaultPlan(rates={"500": 1.0}))
+    with pytest.raises(UsagePushIncomplete):
+        handler(_kafka(_good(hours_back=5)), _ledger_context(emulator, any_ledger_url))
+    emulator.clear_faults()
+
+    wrong = _ledger_context(emulator, any_ledger_url, KOOGALLERY_SELLER_KEY="fake-wrong")
+    with pytest.raises(AuthenticationError):
+        handler(_kafka(_good(hours_back=4)), wrong)
+    result = handler(_kafka(_good(hours_back=3)), _ledger_context(emulator, any_ledger_url))
+
+    assert result["accepted"] == 1
+    assert result["outbox"]["accepted"] == 2
+    assert _statuses(any_ledger_url) == {"accepted": 3}

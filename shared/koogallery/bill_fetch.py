@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from koogallery.bills import BillClient, BillDocument, BillStatus, choose_cycle,
 from koogallery.bills import parse_cycle as _parse_cycle
 from koogallery.config import Settings
 from koogallery.errors import TransientError
-from koogallery.functiongraph import request_id_of, settings_from_context
+from koogallery.functiongraph import deadline_from_context, request_id_of, settings_from_context
 from koogallery.logs import configure_json_logging, request_context
 from koogallery.reconcile import InstanceUsage, Reconciliation, reconcile
 from koogallery.usage_push import ledger_for
@@ -59,10 +60,7 @@ def handle_bill_fetch(
     request_id = request_id_of(context)
     with request_context(request_id):
         settings = settings_from_context(context)
-        configure_json_logging(
-            level=settings.log_level,
-            secrets=[settings.secret_key, settings.security_token, settings.ledger_url],
-        )
+        configure_json_logging(level=settings.log_level, secrets=settings.secret_values())
         now = (clock or _utc_now)()
 
         requested = requested_cycle(event)
@@ -81,7 +79,10 @@ def handle_bill_fetch(
             requested = choice.cycle
 
         ledger = ledger_for(settings)
-        result = fetch_and_reconcile(settings, requested, ledger=ledger, now=now)
+        deadline = deadline_from_context(context, settings.deadline_margin_seconds)
+        result = fetch_and_reconcile(
+            settings, requested, ledger=ledger, now=now, deadline=deadline
+        )
         result = {"request_id": request_id, **result}
         logger.info(
             "bill fetch finished",
@@ -122,11 +123,16 @@ def requested_cycle(event: Any) -> str | None:
 
 
 def fetch_and_reconcile(
-    settings: Settings, cycle: str, *, ledger: Ledger | None, now: datetime
+    settings: Settings,
+    cycle: str,
+    *,
+    ledger: Ledger | None,
+    now: datetime,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Fetch ``cycle``, store the run (with a ledger), and reconcile; the summary as a dict."""
     with BillClient(settings) as client:
-        fetched = client.fetch(cycle)
+        fetched = client.fetch(cycle, deadline=deadline)
 
     status = fetched.status.value
     version: int | None = None
@@ -191,30 +197,40 @@ def reconcile_cycle(settings: Settings, ledger: Ledger, document: BillDocument) 
     )
 
 
+@dataclass
+class _Tally:
+    """Delivered usage of one instance in one cycle, and the part of it billed later."""
+
+    quantity: Decimal = Decimal(0)
+    records: int = 0
+    late_quantity: Decimal = Decimal(0)
+    late_records: int = 0
+
+
 def usage_for_cycle(ledger: Ledger, cycle: str) -> list[InstanceUsage]:
     """Delivered usage per instance whose ``begin_time`` falls in the Beijing month ``cycle``.
 
-    A record delivered after its collection cut-off is counted as late as well: KooGallery
-    bills it in a later period, which explains a shortfall in this cycle's bill.
+    Usage delivered after its collection cut-off is billed when it is collected; when that is
+    already in a later month, it is missing from this cycle's bill, so it is counted as late:
+    that explains a shortfall instead of alarming about it.
     """
     from koogallery.ledger import RecordStatus, collection_moment
 
     begin_from, begin_to = cycle_bounds(cycle)
-    totals: dict[str, list[Any]] = {}
+    tallies: dict[str, _Tally] = {}
     for status in (RecordStatus.ACCEPTED, RecordStatus.DUPLICATE):
         for row in ledger.records(status=status, begin_from=begin_from, begin_to=begin_to):
-            entry = totals.setdefault(row.instance_id, [Decimal(0), 0, Decimal(0), 0])
-            entry[0] += row.usage_value
-            entry[1] += 1
+            tally = tallies.setdefault(row.instance_id, _Tally())
+            tally.quantity += row.usage_value
+            tally.records += 1
             settled = row.settled_at
-            if settled is not None and settled >= collection_moment(
-                row.end_time, ledger.billing_mode
-            ):
-                entry[2] += row.usage_value
-                entry[3] += 1
+            cutoff = collection_moment(row.end_time, ledger.billing_mode)
+            if settled is not None and settled > cutoff and settled >= begin_to:
+                tally.late_quantity += row.usage_value
+                tally.late_records += 1
     return [
-        InstanceUsage(instance_id, quantity, records, late_quantity, late_records)
-        for instance_id, (quantity, records, late_quantity, late_records) in sorted(totals.items())
+        InstanceUsage(name, t.quantity, t.records, t.late_quantity, t.late_records)
+        for name, t in sorted(tallies.items())
     ]
 
 

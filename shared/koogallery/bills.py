@@ -24,7 +24,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -202,9 +202,7 @@ class BillDocument:
                     product_id=_text(row.get("product_id")),
                     consume_time=_text(row.get("consume_time")),
                     quantity=_decimal(row.get("usage_amount")),
-                    amount=_decimal(row.get("payment_amount"))
-                    or _decimal(row.get("official_amount"))
-                    or Decimal(0),
+                    amount=_first_amount(row),
                 )
             )
         return lines
@@ -260,12 +258,15 @@ class BillClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         settings.require_bill_credentials()
         assert settings.access_key is not None and settings.secret_key is not None
         self.settings = settings
         self._sleep = sleep
         self._rng = rng
+        self._monotonic = monotonic
+        self._deadline: float | None = None
         signer = ApigSigner(
             Credentials(settings.access_key, settings.secret_key, settings.security_token),
             extra_headers={"X-Domain-Id": settings.domain_id or ""},
@@ -287,10 +288,15 @@ class BillClient:
     def close(self) -> None:
         self._http.close()
 
-    def fetch(self, cycle: str) -> BillFetch:
-        """Fetch every bill document of ``cycle`` for the configured site."""
+    def fetch(self, cycle: str, *, deadline: float | None = None) -> BillFetch:
+        """Fetch every bill document of ``cycle`` for the configured site.
+
+        ``deadline`` is a ``time.monotonic()`` moment: no retry pause runs past it, so that a
+        function stopped by its timeout still gets to record the run as ``failed``.
+        """
         parse_cycle(cycle)
         site = self.settings.site
+        self._deadline = deadline
         result = BillFetch(BillStatus.COMPLETE, cycle, site)
         try:
             if site == "cn":
@@ -414,6 +420,9 @@ class BillClient:
                 failure = (code, message)
                 delay = self._judge(response.status_code, code, message, attempt)
             if attempt < _MAX_RETRIES:
+                if self._deadline is not None and self._monotonic() + delay >= self._deadline:
+                    message = f"{failure[1]}; no time left to retry before the deadline"
+                    raise _Refused(BillStatus.FAILED, failure[0], message)
                 logger.warning(
                     "bill API call failed, retrying",
                     extra={"event": "bill_retry", "path": path, "error_code": failure[0]},
@@ -466,6 +475,16 @@ def _fallback_id(row: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _first_amount(row: Mapping[str, Any]) -> Decimal:
+    """What the customer was charged: ``payment_amount``, else the list price; a charge of 0
+    is a real 0 (a fully discounted line), not a missing value."""
+    for name in ("payment_amount", "official_amount"):
+        amount = _decimal(row.get(name))
+        if amount is not None:
+            return amount
+    return Decimal(0)
+
+
 def _json(response: httpx.Response) -> Any:
     try:
         return json.loads(response.text, parse_float=Decimal)
@@ -512,12 +531,3 @@ def _revive(value: Any) -> Any:
 
 def _row_key(row: Mapping[str, Any]) -> str:
     return json.dumps(_plain(dict(row)), sort_keys=True)
-
-
-def iter_cycles(first: str, last: str) -> Iterator[str]:
-    """Every cycle from ``first`` to ``last`` inclusive (for backfills)."""
-    year, month = parse_cycle(first)
-    end = parse_cycle(last)
-    while (year, month) <= end:
-        yield f"{year:04d}-{month:02d}"
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)

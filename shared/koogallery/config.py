@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -103,8 +104,7 @@ class Settings(BaseModel):
             return None
         urls = [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
         for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{url!r} must start with http:// or https://")
+            _check_url(url)
         return ",".join(urls)
 
     @field_validator("bill_endpoint")
@@ -113,8 +113,7 @@ class Settings(BaseModel):
         if value is None or value.strip() == "":
             return None
         value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} must start with http:// or https://")
+        _check_url(value)
         return value
 
     @field_validator("unit_prices", mode="before")
@@ -153,6 +152,17 @@ class Settings(BaseModel):
         if self.usage_api == "legacy":
             return path.format(partner_id=self.partner_id)
         return path
+
+    def secret_values(self) -> list[SecretStr]:
+        """Every secret these settings hold, for log masking: one list, used everywhere."""
+        candidates = (
+            self.access_key,
+            self.secret_key,
+            self.security_token,
+            self.seller_key,
+            self.ledger_url,
+        )
+        return [value for value in candidates if value is not None]
 
     def require_push_credentials(self) -> None:
         """Fail before any request when a credential the chosen API needs is missing."""
@@ -212,6 +222,21 @@ class Settings(BaseModel):
         except ValidationError as error:
             raise ConfigurationError(_explain(error)) from None
 
+
+def _check_url(url: str) -> None:
+    """HTTPS, or plain HTTP to this machine only (the emulator): signed requests and the
+    seller's data never cross a network in clear text."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS:
+        return
+    if parts.scheme == "http":
+        raise ValueError(f"{url!r}: plain http is allowed only for 127.0.0.1, ::1 or localhost")
+    raise ValueError(f"{url!r} must start with https:// (or http:// for a loopback address)")
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 _ENV_NAMES = {
     "site": "KOOGALLERY_SITE",

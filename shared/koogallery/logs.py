@@ -73,10 +73,22 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
 
-        line = json.dumps(entry, default=str, ensure_ascii=False)
-        for secret in self._secrets:
-            line = line.replace(secret, _MASK)
-        return line
+        return json.dumps(self._masked(entry), default=str, ensure_ascii=False)
+
+    def _masked(self, value: Any) -> Any:
+        """Mask secrets in every string before serialising, where quotes and backslashes in a
+        secret are still as written (after ``json.dumps`` they would be escaped)."""
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, _MASK)
+            return value
+        if isinstance(value, dict):
+            return {key: self._masked(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._masked(item) for item in value]
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return self._masked(str(value))
 
 
 if TYPE_CHECKING:

@@ -235,11 +235,15 @@ class UsagePipeline:
         summary.duplicates += repeats
         to_push = self._claim(unique, summary, letters, now)
 
-        if drain_outbox and self.ledger is not None:
-            summary.outbox = self.drain_outbox(deadline=_halfway(deadline, self._monotonic))
-
         records = [record for _, _, record in to_push]
-        result = self._push_releasing_on_error(records, self.owner, deadline)
+        try:
+            if drain_outbox and self.ledger is not None:
+                summary.outbox = self.drain_outbox(deadline=_halfway(deadline, self._monotonic))
+            result = self._push_releasing_on_error(records, self.owner, deadline)
+        except BaseException as error:
+            self._release(records, self.owner, error)
+            self._finish(summary, letters, now, record=record_dead_letters)
+            raise
         for (order, item, _), outcome in zip(to_push, result.outcomes, strict=True):
             self._count(summary, order, item, outcome, letters)
 
@@ -279,7 +283,10 @@ class UsagePipeline:
             if result.pending:
                 break
         if drained.drained:
-            logger.info("outbox drained", extra={"event": "outbox_drained", **drained.to_dict()})
+            counts = {
+                key: value for key, value in drained.to_dict().items() if key != "dead_letters"
+            }
+            logger.info("outbox drained", extra={"event": "outbox_drained", **counts})
         return drained
 
     def _clock(self) -> datetime:
@@ -301,13 +308,17 @@ class UsagePipeline:
         try:
             return self.client.push_usage(records, deadline=deadline, observer=observer)
         except BaseException as error:
-            unsettled = [
-                RecordOutcome(record, Status.PENDING, reason=f"run stopped: {error}")
-                for record in records
-                if record.sn not in observer.settled
-            ]
-            self.ledger.settle(unsettled, owner=owner, now=self._clock())
+            unsettled = [record for record in records if record.sn not in observer.settled]
+            self._release(unsettled, owner, error)
             raise
+
+    def _release(self, records: list[UsageRecord], owner: str, error: BaseException) -> None:
+        """Give ``records`` back as ``pending`` (only those ``owner`` still holds are changed)."""
+        if self.ledger is None or not records:
+            return
+        reason = f"run stopped: {type(error).__name__}: {error}"
+        outcomes = [RecordOutcome(record, Status.PENDING, reason=reason) for record in records]
+        self.ledger.settle(outcomes, owner=owner, now=self._clock())
 
     def _validate(
         self,
@@ -500,39 +511,55 @@ def _unique(
 ) -> tuple[list[tuple[int, ValidRecord]], int]:
     """Keep the first of records repeated within a batch; a repeat that differs is a conflict.
 
-    KooGallery would keep whichever copy arrived first and flag the other, so sending both can
-    only produce noise, and a differing copy would be silently lost there: say so here instead.
+    KooGallery keeps only the first record per ``metering_sn`` and per usage window (instance,
+    begin, end) and drops the others, so a second copy can only be noise when it is the same
+    usage, and is silently lost usage when it is not: say so here instead.
     """
-    seen: dict[str, UsageRecord] = {}
+    by_sn: dict[str, UsageRecord] = {}
+    by_window: dict[tuple[str, datetime, datetime], UsageRecord] = {}
     unique = []
     repeats = 0
     for order, item in valid:
-        first = seen.get(item.record.sn)
+        record = item.record
+        window = (record.instance_id, record.begin_time, record.end_time)
+        first = by_sn.get(record.sn) or by_window.get(window)
         if first is None:
-            seen[item.record.sn] = item.record
+            by_sn[record.sn] = record
+            by_window[window] = record
             unique.append((order, item))
-        elif first == item.record:
+        elif first.sn == record.sn and _same_usage(first, record):
             repeats += 1
         else:
-            reason = (
-                f"metering_sn: conflict, {item.record.sn} appears earlier in this batch with "
-                f"usage_value {format_usage_value(first.usage_value)} and this copy has "
-                f"{format_usage_value(item.record.usage_value)}; KooGallery keeps only the first"
-            )
-            letters.append(
-                (
-                    order,
-                    DeadLetter(
-                        item.origin,
-                        reason,
-                        item.data,
-                        item.raw,
-                        item.position,
-                        field="metering_sn",
-                    ),
-                )
-            )
+            letters.append((order, _conflict_letter(item, first)))
     return unique, repeats
+
+
+def _same_usage(first: UsageRecord, other: UsageRecord) -> bool:
+    """The same usage, whatever ``record_time`` or ``product_id`` the copies carry."""
+    return (
+        first.instance_id == other.instance_id
+        and first.begin_time == other.begin_time
+        and first.end_time == other.end_time
+        and first.usage_value == other.usage_value
+        and first.relate_pkg_instance == other.relate_pkg_instance
+    )
+
+
+def _conflict_letter(item: ValidRecord, first: UsageRecord) -> DeadLetter:
+    record = item.record
+    if first.sn == record.sn:
+        reason = (
+            f"metering_sn: conflict, {record.sn} appears earlier in this batch with "
+            f"usage_value {format_usage_value(first.usage_value)} and this copy has "
+            f"{format_usage_value(record.usage_value)}; KooGallery keeps only the first"
+        )
+    else:
+        reason = (
+            f"metering_sn: conflict, the window {record.instance_id} "
+            f"{format_time(record.begin_time)}-{format_time(record.end_time)} appears earlier "
+            f"in this batch as {first.sn}; KooGallery keeps only the first record of a window"
+        )
+    return DeadLetter(item.origin, reason, item.data, item.raw, item.position, field="metering_sn")
 
 
 def _letter(raw: RawRecord, reason: str, *, field: str | None = None) -> DeadLetter:

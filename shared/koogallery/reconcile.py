@@ -14,8 +14,8 @@ Findings, by kind:
 - ``pushed_not_billed``: delivered usage with no bill line at all;
 - ``quantity_mismatch`` / ``amount_mismatch``: both sides exist and differ beyond the tolerance;
 - ``total_mismatch``: a totals-only bill differs from the expected total beyond the tolerance;
-- ``late_push``: usage delivered after KooGallery's collection cut-off, which the platform bills
-  in a later period: it explains a shortfall rather than being an error of its own.
+- ``late_push``: usage delivered so late that KooGallery collected it in a later month, so it
+  is missing from this cycle's bill: it explains a shortfall rather than being an error.
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ def reconcile(
                     above_tolerance=False,
                     detail=(
                         f"{item.instance_id}: {item.late_records} record(s), quantity "
-                        f"{item.late_quantity}, delivered after the collection cut-off; "
-                        "KooGallery bills them in a later period"
+                        f"{item.late_quantity}, delivered after the cycle's last collection; "
+                        "KooGallery bills them in a later cycle"
                     ),
                 )
             )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from koogallery.client import KooGalleryClient
 from koogallery.config import Settings
 from koogallery.errors import TransientError
+from koogallery.events import _APIG_KEYS as APIG_KEYS
 from koogallery.events import EventFormatError, parse_trigger_event
 from koogallery.functiongraph import (
     deadline_from_context,
@@ -63,15 +64,7 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
     request_id = request_id_of(context)
     with request_context(request_id):
         settings = settings_from_context(context)
-        configure_json_logging(
-            level=settings.log_level,
-            secrets=[
-                settings.secret_key,
-                settings.security_token,
-                settings.seller_key,
-                settings.access_key,
-            ],
-        )
+        configure_json_logging(level=settings.log_level, secrets=settings.secret_values())
 
         try:
             batch = parse_trigger_event(event)
@@ -92,13 +85,7 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
             summary = pipeline.push_messages(batch.messages, deadline=deadline)
 
         result = {"request_id": request_id, "trigger": batch.trigger, **summary.to_dict()}
-        logger.info(
-            "usage push finished",
-            extra={
-                "event": "push_summary",
-                **{k: v for k, v in result.items() if k != "dead_letters"},
-            },
-        )
+        logger.info("usage push finished", extra={"event": "push_summary", **_counts(result)})
 
         if batch.is_http:
             return http_response(_http_status(summary), result)
@@ -139,4 +126,13 @@ def _http_status(summary: Summary) -> int:
 
 
 def _looks_like_apig(event: Any) -> bool:
-    return isinstance(event, dict) and ("requestContext" in event or "httpMethod" in event)
+    """The keys the event parser recognises an APIG event by, so a broken one gets a 400."""
+    return isinstance(event, dict) and any(key in event for key in APIG_KEYS)
+
+
+def _counts(result: dict[str, Any]) -> dict[str, Any]:
+    """The summary without the records themselves: an INFO line carries counts only."""
+    counts = {key: value for key, value in result.items() if key != "dead_letters"}
+    if isinstance(counts.get("outbox"), dict):
+        counts["outbox"] = {k: v for k, v in counts["outbox"].items() if k != "dead_letters"}
+    return counts
