@@ -10,26 +10,28 @@ never mistaken for a green run.
 dropped after it, so tests never meet each other's tables.
 
 The network guard of ``conftest.py`` cannot see the driver's connections (libpq opens its own
-sockets), so the URL itself is checked: it must name a loopback address.
+sockets), so ``loopback_problem`` checks where libpq would go instead: every host the URL names,
+and the ``PGHOST``/``PGHOSTADDR`` variables libpq falls back to, must be this machine.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from koogallery.ledger.urls import masked_url
+from tests.network_guard.loopback_only import is_loopback_host
 
-__all__ = ["postgres_schema_url", "postgres_url"]
+__all__ = ["loopback_problem", "postgres_schema_url", "postgres_url"]
 
 _SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "postgres"
 _SCRIPT_TIMEOUT = 600
@@ -41,7 +43,7 @@ def postgres_url() -> str:
     """The URL of a PostgreSQL server on loopback, or a skip (a failure when required)."""
     url, problem = _server_url()
     if problem is None:
-        problem = _loopback_problem(url) or _connection_problem(url)
+        problem = loopback_problem(url) or _connection_problem(url)
     if problem is None:
         return url
 
@@ -83,20 +85,39 @@ def _server_url() -> tuple[str, str | None]:
     return lines[-1].strip(), None
 
 
-def _loopback_problem(url: str) -> str | None:
-    """Tests talk to this machine only: refuse a URL naming any other host."""
+def loopback_problem(url: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why libpq might reach another machine with ``url`` and ``environ``; ``None`` if it cannot.
+
+    Every ``host`` and ``hostaddr`` of the URL (a comma-separated list names several servers)
+    must be a loopback address, ``localhost`` or a Unix socket directory, and so must the
+    ``PGHOST`` and ``PGHOSTADDR`` variables, which libpq reads when the URL names no host. A
+    service (``service=`` or ``PGSERVICE``) is refused: its hosts are in a file not read here.
+    """
+    shown = masked_url(url)
     try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        host = None
-    if host == "localhost":
-        return None
-    try:
-        if host is not None and ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        pass
-    return f"{masked_url(url)} does not name a loopback host (127.0.0.1, ::1 or localhost)"
+        parameters = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return f"{shown} is not a connection URL libpq accepts"
+
+    places = [(f"its {key}", str(parameters.get(key, ""))) for key in ("host", "hostaddr")]
+    places += [(name, environ.get(name, "")) for name in ("PGHOST", "PGHOSTADDR")]
+    for place, value in places:
+        for entry in value.split(","):
+            if not _is_this_machine(entry.strip()):
+                return (
+                    f"{shown}: {place} {entry!r} is not loopback (127.0.0.1, ::1, localhost) "
+                    "or a Unix socket directory"
+                )
+
+    service = parameters.get("service") or environ.get("PGSERVICE")
+    if service:
+        return f"{shown}: the service {service!r} names its hosts in a file not checked here"
+    return None
+
+
+def _is_this_machine(host: str) -> bool:
+    """An empty entry is libpq's default, the Unix socket; a path is a socket directory."""
+    return host == "" or host.startswith("/") or is_loopback_host(host)
 
 
 def _connection_problem(url: str) -> str | None:

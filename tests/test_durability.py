@@ -93,7 +93,7 @@ def _push(source: Path, environment: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def _push_until_complete(source: Path, environment: dict[str, str], rounds: int = 4) -> int:
+def _push_until_complete(source: Path, environment: dict[str, str], rounds: int = 6) -> int:
     """Run the push again while records are pending: another run, perhaps a killed one, held
     their lease, or faults outlasted the retries. A held lease frees itself in LEASE_SECONDS."""
     for attempt in range(1, rounds + 1):

@@ -61,6 +61,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
         monkeypatch.setenv("HUAWEICLOUD_SDK_SK", DEFAULT_SK)
         monkeypatch.setenv("KOOGALLERY_SELLER_KEY", DEFAULT_SELLER_KEY)
         monkeypatch.setenv("KOOGALLERY_LOG_LEVEL", "ERROR")
+        monkeypatch.delenv("KOOGALLERY_LEDGER_URL", raising=False)
         yield emu
 
 
@@ -126,61 +127,68 @@ def test_a_raised_error_answers_500_like_functiongraph(
     assert body["stackTrace"]
 
 
-def test_the_context_carries_the_request_id_environment_and_timeout(
-    client: FlaskClient, module: ModuleType, monkeypatch: pytest.MonkeyPatch
+def test_the_time_budget_comes_from_koogallery_serve_timeout_seconds(
+    client: FlaskClient, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: dict[str, Any] = {}
+    monkeypatch.setenv("KOOGALLERY_SERVE_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("KOOGALLERY_DEADLINE_MARGIN_SECONDS", "2")
 
-    def handler(event: Any, context: Any) -> dict[str, Any]:
-        seen.update(
-            event=event,
-            request_id=context.getRequestID(),
-            setting=context.getUserData("SERVE_TEST_SETTING"),
-            remaining=context.getRemainingTimeInMilliSeconds(),
-            function=context.getFunctionName(),
-        )
-        return {"status": "ok"}
-
-    monkeypatch.setenv("SERVE_TEST_SETTING", "from-the-environment")
-    monkeypatch.setenv("KOOGALLERY_SERVE_TIMEOUT_SECONDS", "5")
-    monkeypatch.setattr(module, "_handlers", {"bill-fetch": handler})
-    event = {"version": "v1.0", "trigger_type": "TIMER", "user_event": "{}"}
-
-    response = client.post("/bill-fetch", json=event, headers={"X-Request-Id": "req-7"})
-
-    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
-    assert {key: seen[key] for key in ("event", "request_id", "setting", "function")} == {
-        "event": event,
-        "request_id": "req-7",
-        "setting": "from-the-environment",
-        "function": "bill_fetch",
-    }
-    assert 4000 < seen["remaining"] <= 5000
-
-
-def test_any_raised_exception_keeps_its_type_name(
-    client: FlaskClient, module: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def handler(event: Any, context: Any) -> dict[str, Any]:
-        raise KeyError("cycle")
-
-    monkeypatch.setattr(module, "_handlers", {"bill-fetch": handler})
-
-    response = client.post("/bill-fetch", json={"trigger_type": "TIMER"})
+    response = client.post("/usage-push", json=usage_event())
 
     body = response.get_json()
     assert (response.status_code, body["errorType"], body["errorMessage"]) == (
         500,
-        "KeyError",
-        "'cycle'",
+        "UsagePushIncomplete",
+        "2 of 2 usage records are still pending (deadline reached before the request); the "
+        "batch must be delivered again, which is safe because their metering_sn values do not "
+        "change",
     )
-    assert 'raise KeyError("cycle")' in body["stackTrace"][-1]
+    assert emulator.state.requests == ()
+
+
+def test_a_raised_exception_keeps_its_own_type_name_and_stack(
+    client: FlaskClient, emulator: Emulator
+) -> None:
+    response = client.post("/usage-push", json={"unexpected": 1})
+
+    body = response.get_json()
+    assert (response.status_code, body["errorType"], body["errorMessage"]) == (
+        500,
+        "EventFormatError",
+        "event matches no known trigger shape: expected trigger_type (DMS queues), record "
+        "(SMN), StreamName (DIS), requestContext (APIG) or a usage message with usage_records "
+        "or instance_id; found keys unexpected",
+    )
+    entry_point = [frame for frame in body["stackTrace"] if "usage_push/index.py" in frame]
+    assert [frame.splitlines()[1].strip() for frame in entry_point] == [
+        "return handle_usage_push(event, context)"
+    ]
+
+
+def test_a_seller_key_the_platform_refuses_answers_500_authentication_error(
+    client: FlaskClient, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KOOGALLERY_SELLER_KEY", "not-the-interconnection-key")
+
+    response = client.post("/usage-push", json=usage_event())
+
+    body = response.get_json()
+    assert (response.status_code, body["errorType"], body["errorMessage"]) == (
+        500,
+        "AuthenticationError",
+        "KooGallery refused the request (MKT.0102): the body signature was refused: check "
+        "KOOGALLERY_SELLER_KEY (the interconnection key bound in Seller Console) and this "
+        "machine's clock",
+    )
+    assert emulator.state.records == ()
+    assert [entry.error_code for entry in emulator.state.requests] == ["MKT.0102"]
 
 
 def test_a_missing_function_file_answers_501(
     client: FlaskClient, module: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(module, "_handlers", {})
+    # serve.py has no setting for the functions folder: it always serves the repository's
+    # own, which has both files. An empty folder in its place is the only way to reach 501.
     monkeypatch.setattr(module, "_FUNCTIONS_DIR", tmp_path)
 
     response = client.post("/bill-fetch", json={"trigger_type": "TIMER"})
