@@ -155,3 +155,22 @@ def test_dlq_discard_closes_a_letter_with_a_note(
     main(["dlq", "show", str(letter_id)])
     shown = json.loads(capsys.readouterr().out)
     assert (shown["state"], shown["note"]) == ("discarded", "garbage from a test")
+
+
+def test_dlq_retry_replays_a_record_koogallery_refused_once_the_cause_is_fixed(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "unknown.jsonl"
+    source.write_text(_line(3, "inst-9") + "\n", encoding="utf-8")
+    assert main(["push", str(source)]) == 1
+    capsys.readouterr()
+    main(["dlq", "list", "--json"])
+    (letter,) = json.loads(capsys.readouterr().out)
+    assert letter["error_code"] == "MKT.9001"
+
+    emulator.add_instance(Instance("inst-9", product_id="p", unit_price=Decimal("1")))
+    code = main(["dlq", "retry", str(letter["id"]), "--set", "usage_value=2.5"])
+
+    assert code == 0
+    assert capsys.readouterr().out == f"{letter['id']}: delivered (accepted)\n"
+    assert [str(stored.usage_value) for stored in emulator.state.records] == ["2.5"]

@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import queue
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 import koogallery.ledger.sql
@@ -29,6 +32,7 @@ from koogallery.ledger import (
     LATEST_VERSION,
     MIGRATIONS,
     BillingMode,
+    Claim,
     Ledger,
     LedgerRecord,
     RecordStatus,
@@ -37,7 +41,8 @@ from koogallery.ledger import (
     open_ledger,
 )
 from koogallery.ledger.migrations import Migration
-from koogallery.ledger.rules import EXPIRED_REASON
+from koogallery.ledger.rules import EXPIRED_REASON, stored_json
+from koogallery.ledger.sql import SqlLedger, Transaction
 from koogallery.ledger.urls import sqlite_path
 from koogallery.models import UsageRecord, usage_body
 from koogallery.pipeline import DeadLetter
@@ -90,6 +95,34 @@ def outcomes(
 def row(ledger: Ledger, record: UsageRecord) -> LedgerRecord:
     (found,) = [item for item in ledger.records() if item.metering_sn == record.sn]
     return found
+
+
+def statuses(ledger: Ledger) -> dict[str, RecordStatus]:
+    return {item.metering_sn: item.status for item in ledger.records()}
+
+
+def insert_row(ledger: Ledger, record: UsageRecord, status: str, first_seen: datetime) -> None:
+    """Write a record row with plain SQL, past every rule of the ledger: what an older release
+    may have left in a database, or what the database itself must refuse."""
+    assert isinstance(ledger, SqlLedger)
+    with ledger._transaction(write=True) as tx:
+        tx.execute(
+            "INSERT INTO usage_records (metering_sn, record_json, instance_id, begin_time, "
+            "end_time, usage_value, relate_pkg_instance, status, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.sn,
+                stored_json(record),
+                record.instance_id,
+                ledger._db_time(record.begin_time),
+                ledger._db_time(record.end_time),
+                str(record.usage_value),
+                record.relate_pkg_instance,
+                status,
+                ledger._db_time(first_seen),
+                ledger._db_time(first_seen),
+            ),
+        )
 
 
 def letter(
@@ -215,6 +248,50 @@ def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(ledger_ur
     assert versions == [LATEST_VERSION, LATEST_VERSION]
 
 
+def test_rows_sharing_a_usage_window_before_migration_3_keep_one_holder_the_rest_in_conflict(
+    ledger_url: str,
+) -> None:
+    pending_first = usage("inst-1", value="1")
+    accepted = usage("inst-1", value="2", relate_pkg_instance="pkg-2")
+    own_sn = usage("inst-1", value="3", metering_sn="seller-sn-3")
+    alone = usage("inst-2")
+    dead, dead_later = usage("inst-3", value="4"), usage("inst-3", metering_sn="seller-sn-5")
+    with _backend_ledger(ledger_url, migrations=MIGRATIONS[:2]) as older:
+        older.migrate()
+        insert_row(older, pending_first, "pending", NOW - timedelta(hours=3))
+        insert_row(older, accepted, "accepted", NOW - timedelta(hours=2))
+        insert_row(older, own_sn, "pending", NOW - timedelta(hours=1))
+        insert_row(older, alone, "pending", NOW - timedelta(hours=1))
+        insert_row(older, dead_later, "dead_lettered", NOW - timedelta(hours=1))
+        insert_row(older, dead, "dead_lettered", NOW - timedelta(hours=2))
+
+    with open_ledger(ledger_url) as ledger:
+        assert ledger.schema_version() == 3
+        assert statuses(ledger) == {
+            pending_first.sn: RecordStatus.CONFLICT,
+            accepted.sn: RecordStatus.ACCEPTED,
+            own_sn.sn: RecordStatus.CONFLICT,
+            alone.sn: RecordStatus.PENDING,
+            dead.sn: RecordStatus.DEAD_LETTERED,
+            dead_later.sn: RecordStatus.CONFLICT,
+        }
+        assert ledger.status(now=NOW).counts == {
+            RecordStatus.PENDING: 1,
+            RecordStatus.ACCEPTED: 1,
+            RecordStatus.DUPLICATE: 0,
+            RecordStatus.DEAD_LETTERED: 1,
+            RecordStatus.CONFLICT: 3,
+        }
+        assert row(ledger, own_sn).record == own_sn
+
+        again = ledger.claim([pending_first, alone], owner="run-a", now=NOW)
+        newcomer = usage("inst-1", relate_pkg_instance="pkg-9")
+        refused = ledger.claim([newcomer], owner="run-a", now=NOW)
+
+    assert (again.held, again.to_push) == ([pending_first], [alone])
+    assert refused.conflicts == [(newcomer, accepted)]
+
+
 # Claim
 
 
@@ -232,6 +309,7 @@ def test_claim_inserts_unseen_records_as_pending_leased_to_the_owner(ledger: Led
         "dead": 0,
         "late": 2,
         "held": 0,
+        "expired": 0,
     }
     stored = row(ledger, second)
     assert stored.record == second
@@ -420,6 +498,138 @@ def test_the_lease_owners_acceptance_wins_over_a_conflict_found_mid_push(ledger:
     assert row(ledger, stored).status is RecordStatus.ACCEPTED
 
 
+def test_a_record_for_a_window_a_pending_record_holds_is_a_conflict_and_the_holder_stays_pending(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = usage(value="12.5")
+    intruder = usage(value="12.5", relate_pkg_instance="pkg-2")
+    assert holder.sn != intruder.sn
+    ledger.claim([holder], owner="run-a", now=NOW, lease_seconds=60)
+
+    with caplog.at_level(logging.ERROR, logger="koogallery.ledger"):
+        claim = ledger.claim([intruder], owner="run-b", now=NOW + timedelta(seconds=10))
+
+    assert claim.conflicts == [(intruder, holder)]
+    assert claim.to_push == []
+    assert [item.record for item in ledger.records()] == [holder]
+    stored = row(ledger, holder)
+    assert (stored.status, stored.lease_owner, stored.last_seen) == (
+        RecordStatus.PENDING,
+        "run-a",
+        NOW,
+    )
+    assert ledger.status(now=NOW).conflicts == 1
+    (logged,) = [item for item in caplog.records if item.levelno >= logging.ERROR]
+    assert logged.getMessage() == (
+        "usage record is for a usage window another metering_sn holds; "
+        "the incoming copy was recorded and will not be pushed"
+    )
+    assert (logged.__dict__["conflict_on"], logged.__dict__["metering_sn"]) == (
+        "usage_window",
+        holder.sn,
+    )
+    assert logged.__dict__["incoming_metering_sn"] == intruder.sn
+
+    later = ledger.claim([holder, intruder], owner="run-a", now=NOW + timedelta(minutes=5))
+    assert (later.to_push, later.conflicts) == ([holder], [(intruder, holder)])
+
+
+def test_a_callers_own_metering_sn_for_an_accepted_window_is_a_conflict_never_pushed(
+    ledger: Ledger,
+) -> None:
+    holder = usage()
+    ledger.claim([holder], owner="run-a", now=NOW)
+    ledger.settle(outcomes([holder], Status.ACCEPTED), owner="run-a", now=NOW)
+    own = usage(value="99", metering_sn="seller-sn-1")
+
+    claim = ledger.claim([own], owner="run-b", now=NOW)
+
+    assert claim.conflicts == [(own, holder)]
+    assert (claim.to_push, claim.already_delivered) == ([], [])
+    assert statuses(ledger) == {holder.sn: RecordStatus.ACCEPTED}
+    assert ledger.status(now=NOW).conflicts == 1
+
+
+def test_two_metering_sns_for_one_window_in_one_batch_push_the_first(ledger: Ledger) -> None:
+    first = usage("inst-1", value="1", relate_pkg_instance="pkg-1")
+    other = usage("inst-2")
+    second = usage("inst-1", value="2", relate_pkg_instance="pkg-2")
+    third = usage("inst-1", value="3", metering_sn="seller-sn-3")
+
+    claim = ledger.claim([first, other, second, third, second], owner="run-a", now=NOW)
+
+    assert claim.to_push == [first, other]
+    assert claim.conflicts == [(second, first), (third, first)]
+    assert statuses(ledger) == {first.sn: RecordStatus.PENDING, other.sn: RecordStatus.PENDING}
+    assert ledger.status(now=NOW).conflicts == 2
+
+
+def test_a_stored_holder_keeps_its_window_when_the_intruder_comes_first_in_the_batch(
+    ledger: Ledger,
+) -> None:
+    holder = usage()
+    intruder = usage(relate_pkg_instance="pkg-2")
+    ledger.claim([holder], owner="run-a", now=NOW)
+
+    claim = ledger.claim([intruder, holder], owner="run-a", now=NOW)
+
+    assert (claim.to_push, claim.conflicts) == ([holder], [(intruder, holder)])
+
+
+def test_the_database_itself_refuses_a_second_row_for_a_usage_window(ledger: Ledger) -> None:
+    holder = usage()
+    ledger.claim([holder], owner="run-a", now=NOW)
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
+        insert_row(ledger, usage(relate_pkg_instance="pkg-2"), "pending", NOW)
+
+    assert statuses(ledger) == {holder.sn: RecordStatus.PENDING}
+
+
+def test_concurrent_claims_of_other_metering_sns_for_the_same_windows_push_one_each(
+    ledger_url: str,
+) -> None:
+    hours = [MORNING - timedelta(hours=k) for k in range(60)]
+    packages = ("pkg-a", "pkg-b", "pkg-c")
+    batches = {
+        package: [usage(begin=hour, relate_pkg_instance=package) for hour in hours]
+        for package in packages
+    }
+    open_ledger(ledger_url).close()
+    results: dict[str, list[Claim]] = {}
+    barrier = threading.Barrier(len(packages))
+
+    def claim_all(package: str, order: list[UsageRecord]) -> None:
+        with open_ledger(ledger_url) as ledger:
+            barrier.wait(timeout=30)
+            claims = [
+                ledger.claim(order[start : start + 10], owner=package, now=NOW)
+                for start in range(0, len(order), 10)
+            ]
+        results[package] = claims
+
+    threads = [
+        threading.Thread(target=claim_all, args=(package, batches[package][::step]))
+        for package, step in zip(packages, (1, -1, 1), strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    claims = [claim for per_package in results.values() for claim in per_package]
+    pushed = [record for claim in claims for record in claim.to_push]
+    refused = [pair for claim in claims for pair in claim.conflicts]
+    assert sorted(record.begin_time for record in pushed) == sorted(hours)
+    assert len(refused) == len(hours) * (len(packages) - 1)
+    holders = {record.begin_time: record for record in pushed}
+    assert all(holders[incoming.begin_time] == kept for incoming, kept in refused)
+    with open_ledger(ledger_url) as ledger:
+        assert sorted(item.record.sn for item in ledger.records()) == sorted(
+            record.sn for record in pushed
+        )
+
+
 # Settle
 
 
@@ -540,6 +750,96 @@ def test_the_ledger_observes_a_push_for_its_own_owner(ledger: Ledger) -> None:
         "request_id": "req-1",
         "error": None,
     }
+
+
+# Reopening a dead-lettered record
+
+
+def _rejected(ledger: Ledger, record: UsageRecord) -> None:
+    """``record`` claimed, pushed and refused by KooGallery for an instance it does not know."""
+    ledger.claim([record], owner="run-a", now=NOW - timedelta(minutes=30))
+    ledger.settle(
+        outcomes([record], Status.DEAD_LETTERED, "instance ID not found", "MKT.9001"),
+        owner="run-a",
+        now=NOW - timedelta(minutes=29),
+    )
+
+
+def test_a_rejected_record_reopened_with_a_corrected_copy_is_pushed_again(
+    ledger: Ledger,
+) -> None:
+    rejected = usage(value="12.5")
+    corrected = usage(value="20", record_time="2026-12-04T11:59:00Z")
+    assert corrected.sn == rejected.sn
+    _rejected(ledger, rejected)
+
+    assert ledger.reopen(corrected, now=NOW) is True
+
+    stored = row(ledger, rejected)
+    assert (stored.record, stored.usage_value, stored.status) == (
+        corrected,
+        Decimal("20"),
+        RecordStatus.PENDING,
+    )
+    assert (stored.last_error, stored.settled_at, stored.lease_owner, stored.lease_expires) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (stored.attempts, stored.first_seen, stored.last_seen) == (
+        1,
+        NOW - timedelta(minutes=30),
+        NOW,
+    )
+    claim = ledger.claim([corrected], owner="run-b", now=NOW)
+    assert claim.to_push == [corrected]
+    assert usage_body(claim.to_push) == usage_body([corrected])
+
+
+def test_reopening_moves_a_record_to_its_corrected_window_and_frees_the_old_one(
+    ledger: Ledger,
+) -> None:
+    rejected = usage(begin=MORNING, metering_sn="seller-sn-1")
+    corrected = usage(begin=MORNING + timedelta(hours=1), metering_sn="seller-sn-1")
+    _rejected(ledger, rejected)
+
+    assert ledger.reopen(corrected, now=NOW) is True
+
+    stored = row(ledger, rejected)
+    assert (stored.record, stored.begin_time, stored.end_time) == (
+        corrected,
+        MORNING + timedelta(hours=1),
+        MORNING + timedelta(hours=2),
+    )
+    newcomer = usage(begin=MORNING)
+    assert ledger.claim([newcomer], owner="run-a", now=NOW).to_push == [newcomer]
+
+
+@pytest.mark.parametrize("status", [Status.PENDING, Status.ACCEPTED, Status.DUPLICATE])
+def test_only_a_dead_lettered_record_can_be_reopened(ledger: Ledger, status: Status) -> None:
+    record = usage()
+    ledger.claim([record], owner="run-a", now=NOW)
+    ledger.settle(outcomes([record], status, "timeout"), owner="run-a", now=NOW)
+    before = row(ledger, record)
+
+    assert ledger.reopen(usage(value="20"), now=NOW + timedelta(minutes=1)) is False
+    assert ledger.reopen(usage("inst-unknown"), now=NOW + timedelta(minutes=1)) is False
+
+    assert list(ledger.records()) == [before]
+
+
+def test_a_record_is_not_reopened_into_a_window_another_record_holds(ledger: Ledger) -> None:
+    rejected = usage(begin=MORNING, metering_sn="seller-sn-1")
+    holder = usage(begin=MORNING + timedelta(hours=1))
+    _rejected(ledger, rejected)
+    ledger.claim([holder], owner="run-a", now=NOW)
+    before = list(ledger.records())
+
+    moved = usage(begin=MORNING + timedelta(hours=1), metering_sn="seller-sn-1")
+    assert ledger.reopen(moved, now=NOW) is False
+
+    assert list(ledger.records()) == before
 
 
 # Concurrency
@@ -674,6 +974,67 @@ def test_the_outbox_dead_letters_expired_records_instead_of_handing_them_out(
         EXPIRED_REASON,
         NOW,
     )
+
+
+def _stale(instance: str, *, seen: datetime, ledger: Ledger) -> UsageRecord:
+    """A record stored pending at ``seen`` whose ``begin_time`` is more than 21 days old now."""
+    begin = datetime(2026, 11, 12, 8, 0, tzinfo=UTC)
+    record = usage(instance, begin=begin, now=begin + timedelta(hours=2))
+    ledger.claim([record], owner="run-a", now=seen, lease_seconds=60)
+    return record
+
+
+def test_claiming_the_outbox_reports_each_record_it_expired_exactly_once(ledger: Ledger) -> None:
+    day = datetime(2026, 11, 12, 10, 0, tzinfo=UTC)
+    second = _stale("inst-old-2", seen=day + timedelta(minutes=5), ledger=ledger)
+    first = _stale("inst-old-1", seen=day, ledger=ledger)
+    fresh = usage("inst-new")
+    ledger.claim([fresh], owner="run-a", now=NOW - timedelta(minutes=10), lease_seconds=60)
+
+    taken = ledger.claim_outbox(limit=5, now=NOW, owner="drain-1")
+    again = ledger.claim_outbox(limit=5, now=NOW, owner="drain-2")
+
+    assert (taken.to_push, taken.expired) == ([fresh], [first, second])
+    assert (again.to_push, again.expired) == ([], [])
+    assert {item.status for item in ledger.records()} == {
+        RecordStatus.DEAD_LETTERED,
+        RecordStatus.PENDING,
+    }
+
+
+def test_the_outbox_expires_at_most_limit_records_per_call(ledger: Ledger) -> None:
+    day = datetime(2026, 11, 12, 10, 0, tzinfo=UTC)
+    stale = [_stale(f"inst-{k}", seen=day + timedelta(minutes=k), ledger=ledger) for k in range(5)]
+
+    taken = [ledger.claim_outbox(limit=2, now=NOW, owner="drain") for _ in range(4)]
+
+    assert [batch.expired for batch in taken] == [stale[:2], stale[2:4], stale[4:], []]
+    assert [batch.to_push for batch in taken] == [[], [], [], []]
+
+
+def test_the_outbox_list_expires_everything_expired_before_saying_nothing_is_left(
+    ledger: Ledger,
+) -> None:
+    day = datetime(2026, 11, 12, 10, 0, tzinfo=UTC)
+    for k in range(5):
+        _stale(f"inst-{k}", seen=day + timedelta(minutes=k), ledger=ledger)
+
+    assert ledger.outbox(limit=2, now=NOW, owner="drain") == []
+
+    assert ledger.status(now=NOW).counts[RecordStatus.DEAD_LETTERED] == 5
+
+
+def test_a_claim_lists_the_records_it_expired_and_not_those_dead_before(ledger: Ledger) -> None:
+    begin = datetime(2026, 11, 12, 8, 0, tzinfo=UTC)
+    stored = usage("inst-stored", begin=begin, now=begin + timedelta(hours=2))
+    unseen = usage("inst-unseen", begin=begin, now=begin + timedelta(hours=2))
+    ledger.claim([stored], owner="run-a", now=begin + timedelta(hours=2), lease_seconds=60)
+
+    first = ledger.claim([stored, unseen], owner="run-a", now=NOW)
+    second = ledger.claim([stored, unseen], owner="run-a", now=NOW)
+
+    assert (first.dead, first.expired) == ([stored, unseen], [stored, unseen])
+    assert (second.dead, second.expired) == ([stored, unseen], [])
 
 
 # Collection cut-offs
@@ -855,21 +1216,58 @@ def test_a_dead_letter_is_resolved_once_as_retried_or_discarded(ledger: Ledger) 
         ledger.resolve_dead_letter(42, state="retried", now=NOW)
 
 
-# Throughput
+# Batching
 
 
-def test_claim_and_settle_of_a_1000_record_chunk_stay_fast(ledger: Ledger) -> None:
-    records = batch(1000)
-    limit = 0.3 if isinstance(ledger, SqliteLedger) else 1.5
+class _CountingTransaction:
+    """A transaction that counts the statements sent through it."""
 
-    started = time.perf_counter()
-    claim = ledger.claim(records, owner="run-a", now=NOW)
-    ledger.settle(outcomes(claim.to_push, Status.ACCEPTED), owner="run-a", now=NOW)
-    elapsed = time.perf_counter() - started
+    def __init__(self, inner: Transaction, sent: list[str]) -> None:
+        self._inner = inner
+        self._sent = sent
 
-    assert len(claim.to_push) == 1000
-    assert ledger.status(now=NOW).counts[RecordStatus.ACCEPTED] == 1000
-    assert elapsed < limit, f"claim + settle of 1000 records took {elapsed:.3f} s"
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        self._sent.append(sql)
+        return self._inner.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        self._sent.append(sql)
+        return self._inner.execute_many(sql, rows)
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        self._sent.append(sql)
+        return self._inner.rows(sql, params)
+
+
+def _statements_to_claim_and_settle(
+    ledger: Ledger, records: list[UsageRecord], monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """How many statements a claim of ``records`` and the settle of their acceptance send."""
+    assert isinstance(ledger, SqlLedger)
+    sent: list[str] = []
+    opened = ledger._transaction
+
+    @contextmanager
+    def counted(*, write: bool) -> Iterator[Transaction]:
+        with opened(write=write) as tx:
+            yield _CountingTransaction(tx, sent)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger, "_transaction", counted)
+        claim = ledger.claim(records, owner="run-a", now=NOW)
+        ledger.settle(outcomes(claim.to_push, Status.ACCEPTED), owner="run-a", now=NOW)
+    assert claim.to_push == records
+    return len(sent)
+
+
+def test_claim_and_settle_of_1000_records_send_as_many_statements_as_of_10(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    few = _statements_to_claim_and_settle(ledger, batch(10, "few"), monkeypatch)
+    many = _statements_to_claim_and_settle(ledger, batch(1000, "many"), monkeypatch)
+
+    assert many == few
+    assert ledger.status(now=NOW).counts[RecordStatus.ACCEPTED] == 1010
 
 
 # Opening a ledger

@@ -531,3 +531,42 @@ def test_with_a_ledger_a_configuration_error_while_draining_gives_back_the_batch
     assert result["accepted"] == 1
     assert result["outbox"]["accepted"] == 2
     assert _statuses(any_ledger_url) == {"accepted": 3}
+
+
+def test_the_outbox_dead_letters_a_pending_record_that_grew_too_old(
+    emulator: Emulator, any_ledger_url: str
+) -> None:
+    from koogallery.client import KooGalleryClient
+    from koogallery.config import Settings
+    from koogallery.ledger import open_ledger
+    from koogallery.models import UsageRecord
+    from koogallery.pipeline import UsagePipeline
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    begin = now - timedelta(days=20)
+    record = UsageRecord.parse(
+        {
+            "instance_id": "demo-instance-001",
+            "begin_time": begin,
+            "end_time": begin,
+            "usage_value": "1",
+        },
+        now=now,
+    )
+    settings = Settings(
+        endpoint=emulator.url,
+        access_key=DEFAULT_AK,
+        secret_key=DEFAULT_SK,
+        seller_key=DEFAULT_SELLER_KEY,
+    )
+    with open_ledger(any_ledger_url) as ledger, KooGalleryClient(settings) as client:
+        ledger.claim([record], owner="crashed-run", now=now, lease_seconds=1)
+        later = UsagePipeline(client, ledger=ledger, now=now + timedelta(days=2))
+
+        outbox = later.drain_outbox()
+
+        (letter,) = ledger.dead_letters()
+    assert (outbox.drained, outbox.dead_lettered, outbox.accepted) == (1, 1, 0)
+    assert letter.origin.trigger == "OUTBOX"
+    assert letter.reason == "begin_time: expired, more than 21 days old (MKT.9004); never pushed"
+    assert emulator.state.requests == ()

@@ -264,6 +264,7 @@ def _run_dlq_retry(args: argparse.Namespace) -> int:
                 raw = RawRecord(
                     raw.origin, raw.position, {**raw.data, **corrections}, None, raw.raw
                 )
+            _reopen(ledger, raw)
             summary = pipeline.push_raw([raw], record_dead_letters=False)
 
             if summary.accepted + summary.duplicates == 1:
@@ -283,6 +284,21 @@ def _run_dlq_retry(args: argparse.Namespace) -> int:
                 print(f"{letter_id}: still failing, left open: {reason}")
                 failures += 1
     return 0 if failures == 0 else 1
+
+
+def _reopen(ledger: Ledger, raw: Any) -> None:
+    """A record KooGallery refused is ``dead_lettered`` in the ledger, which would keep it from
+    being pushed again: give it back as ``pending``, with the corrected copy, first."""
+    from koogallery.errors import RecordValidationError
+    from koogallery.models import UsageRecord
+
+    if raw.data is None:
+        return
+    try:
+        record = UsageRecord.parse(raw.data)
+    except RecordValidationError:
+        return
+    ledger.reopen(record, now=datetime.now(timezone.utc))
 
 
 def _pick(raw_records: Any, position: int | None) -> Any:

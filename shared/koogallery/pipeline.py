@@ -262,10 +262,19 @@ class UsagePipeline:
         owner = f"{self.owner}/outbox"
         while deadline is None or self._monotonic() < deadline:
             now = self._clock()
-            records = self.ledger.outbox(
+            taken = self.ledger.claim_outbox(
                 limit=limit, now=now, owner=owner, lease_seconds=self._lease_seconds
             )
+            if taken.expired:
+                expired = [_expired_letter(record) for record in taken.expired]
+                drained.drained += len(expired)
+                drained.dead_lettered += len(expired)
+                drained.dead_letters.extend(expired)
+                self.ledger.add_dead_letters(expired, now=now)
+            records = taken.to_push
             if not records:
+                if taken.expired:
+                    continue
                 break
             result = self._push_releasing_on_error(records, owner, deadline)
             drained.drained += len(records)
@@ -442,6 +451,17 @@ class _SettledSet:
         self.settled.update(outcome.record.sn for outcome in outcomes)
 
 
+def _expired_letter(record: UsageRecord) -> DeadLetter:
+    """A dead letter for a pending record that grew older than KooGallery accepts."""
+    return _outbox_letter(
+        RecordOutcome(
+            record,
+            Status.DEAD_LETTERED,
+            reason="begin_time: expired, more than 21 days old (MKT.9004); never pushed",
+        )
+    )
+
+
 def _outbox_letter(outcome: RecordOutcome) -> DeadLetter:
     """A dead letter for a record the outbox drained: its message is long gone, so the record
     itself (exactly as the ledger kept it) is what a person replays."""
@@ -485,7 +505,15 @@ def _fates(claim: Claim) -> dict[str, tuple[str, UsageRecord]]:
 def _ledger_letter(fate: str, item: ValidRecord, stored: UsageRecord, now: datetime) -> DeadLetter:
     """Why the ledger keeps a record from being pushed, for a person to read."""
     sn = item.record.sn
-    if fate == "conflict":
+    if fate == "conflict" and stored.sn != sn:
+        reason = (
+            f"metering_sn: conflict, the window {stored.instance_id} "
+            f"{format_time(stored.begin_time)}-{format_time(stored.end_time)} is already held "
+            f"by {stored.sn} (usage_value {format_usage_value(stored.usage_value)}); this record "
+            f"{sn} is never pushed (KooGallery keeps only the first record of a window)"
+        )
+        field_name = "metering_sn"
+    elif fate == "conflict":
         reason = (
             f"metering_sn: conflict, {sn} was first recorded for {stored.instance_id} "
             f"{format_time(stored.begin_time)}-{format_time(stored.end_time)} with usage_value "

@@ -7,7 +7,7 @@
 
 The public names, by the module that holds them:
 
-- ``Ledger``, ``Claim``, ``RecordStatus``, ``LedgerRecord``, ``AttemptRow``,
+- ``Ledger``, ``Claim``, ``OutboxClaim``, ``RecordStatus``, ``LedgerRecord``, ``AttemptRow``,
   ``DeadLetterRow``, ``LedgerStatus``, ``LedgerObserver`` (base): the interface and its values.
 - ``SqliteLedger`` (sqlite) and ``PostgresLedger`` (postgres, needs ``psycopg``): backends.
 - ``MIGRATIONS``, ``LATEST_VERSION`` (migrations): the versioned schema.
@@ -30,6 +30,7 @@ from koogallery.ledger.base import (
     LedgerObserver,
     LedgerRecord,
     LedgerStatus,
+    OutboxClaim,
     RecordStatus,
 )
 from koogallery.ledger.cutoffs import BillingMode, collection_moment, next_collection
@@ -53,6 +54,7 @@ __all__ = [
     "LedgerObserver",
     "LedgerRecord",
     "LedgerStatus",
+    "OutboxClaim",
     "PostgresLedger",
     "RecordStatus",
     "SqliteLedger",

@@ -18,8 +18,12 @@ stop a function mid-push. The ledger turns that into four promises:
 A record's life::
 
     pending ──accepted / duplicate──────────> accepted | duplicate   (final)
-       │ └────permanent rejection, expired──> dead_lettered
+       │ └────permanent rejection, expired──> dead_lettered ──reopen──> pending
        └──another copy with other content───> conflict              (until a person decides)
+
+KooGallery also keeps only the first record of a usage window (``instance_id``, ``begin_time``,
+``end_time``): a record for a window another ``metering_sn`` holds is a conflict, never stored
+as a record of its own and never pushed.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ __all__ = [
     "LedgerObserver",
     "LedgerRecord",
     "LedgerStatus",
+    "OutboxClaim",
     "RecordStatus",
     "default_owner",
 ]
@@ -72,18 +77,23 @@ class RecordStatus(str, Enum):
 class Claim:
     """What one :meth:`Ledger.claim` decided for each record it was given.
 
-    Every record given lands in exactly one list (``late`` is a subset of ``to_push``); a
-    record repeated within the batch with identical content is listed once.
+    Every record given lands in exactly one list (``late`` is a subset of ``to_push``,
+    ``expired`` of ``dead``); a record repeated within the batch with identical content is
+    listed once.
 
     - ``to_push``: leased to the caller, in input order, rebuilt from the ledger's stored copy,
       so a re-push sends exactly the bytes of the first push.
     - ``already_delivered``: KooGallery accepted it (or reported it a duplicate) before.
-    - ``conflicts``: ``(incoming, stored)`` pairs with the same ``metering_sn`` and other
-      content; never pushed, recorded for a person.
+    - ``conflicts``: ``(incoming, stored)`` pairs, never pushed, recorded for a person: a copy
+      of a stored ``metering_sn`` with other content, or a record for a usage window that
+      another ``metering_sn`` holds (``stored`` is then the record holding it, stored before
+      or first in this batch, and keeps its status).
     - ``in_flight``: another owner's lease has not expired; still pending, skipped this time.
     - ``dead``: dead-lettered before, or expired now (``begin_time`` older than 21 days).
     - ``late``: in ``to_push`` although its collection cut-off has passed.
     - ``held``: in ``conflict`` since an earlier batch; waits for a person, never pushed.
+    - ``expired``: in ``dead`` because this very claim found it expired; the ones dead before
+      are not repeated here, so a dead letter made for each of these is made once.
     """
 
     to_push: list[UsageRecord]
@@ -93,6 +103,7 @@ class Claim:
     dead: list[UsageRecord]
     late: list[UsageRecord]
     held: list[UsageRecord] = field(default_factory=list)
+    expired: list[UsageRecord] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """How many records landed in each list, for logs and summaries."""
@@ -104,7 +115,27 @@ class Claim:
             "dead": len(self.dead),
             "late": len(self.late),
             "held": len(self.held),
+            "expired": len(self.expired),
         }
+
+
+@dataclass(frozen=True)
+class OutboxClaim:
+    """What one :meth:`Ledger.claim_outbox` took from the backlog of pending records.
+
+    - ``to_push``: the oldest pending records (by first sight), leased to the caller and
+      rebuilt from their stored copies.
+    - ``expired``: records this call dead-lettered instead of handing out, their
+      ``begin_time`` older than 21 days (``MKT.9004``), oldest first. The change and the report
+      are one transaction: each expired record is reported by exactly one call, whatever runs
+      beside it, so the caller can make each one a dead letter.
+
+        taken = ledger.claim_outbox(limit=1000, now=now, owner=owner)
+        client.push_usage(taken.to_push)
+    """
+
+    to_push: list[UsageRecord]
+    expired: list[UsageRecord]
 
 
 @dataclass(frozen=True)
@@ -358,14 +389,37 @@ class Ledger(ABC):
         """
 
     @abstractmethod
+    def claim_outbox(
+        self, *, limit: int, now: datetime, owner: str, lease_seconds: float = 300
+    ) -> OutboxClaim:
+        """Lease up to ``limit`` of the oldest pending records (by first sight) to ``owner``,
+        after dead-lettering up to ``limit`` expired ones (``begin_time`` older than 21 days).
+
+        Records under another owner's live lease are left alone. Both lists are empty only
+        when nothing is left to push or to expire.
+        """
+
     def outbox(
         self, *, limit: int, now: datetime, owner: str, lease_seconds: float = 300
     ) -> list[UsageRecord]:
-        """Lease up to ``limit`` of the oldest pending records (by first sight) to ``owner``.
+        """:meth:`claim_outbox` for a caller that leaves expired records to the ledger: only
+        the records to push. Returns an empty list only when nothing is left to push."""
+        while True:
+            taken = self.claim_outbox(
+                limit=limit, now=now, owner=owner, lease_seconds=lease_seconds
+            )
+            if taken.to_push or not taken.expired:
+                return taken.to_push
 
-        Records under another owner's live lease are left alone; expired ones (``begin_time``
-        older than 21 days) are dead-lettered instead of returned. Returns an empty list only
-        when nothing is left to push.
+    @abstractmethod
+    def reopen(self, record: UsageRecord, *, now: datetime) -> bool:
+        """Make a dead-lettered record ``pending`` again, with ``record`` as its stored copy.
+
+        For a person who corrected what KooGallery refused (``MKT.9001`` before the instance
+        existed, say) and pushes it again: the row of ``record.sn`` takes the corrected copy,
+        its window and value, and loses its last error, lease and settlement. Returns False,
+        changing nothing, when there is no such row, when it is not ``dead_lettered``, or when
+        another record holds the corrected usage window.
         """
 
     @abstractmethod

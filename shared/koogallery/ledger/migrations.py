@@ -10,8 +10,13 @@ decimals as text, so both sort and compare correctly as text; PostgreSQL uses ``
 ``NUMERIC`` and ``JSONB``):
 
 - ``usage_records``: one row per ``metering_sn``: the stored copy, the columns to search by,
-  status, attempts, first and last sight, last error, and the lease (owner, expiry).
-- ``record_conflicts``: each incoming copy that disagreed with the stored one.
+  status, attempts, first and last sight, last error, and the lease (owner, expiry). Since
+  migration 3, also one row per usage window (``instance_id``, ``begin_time``, ``end_time``),
+  as KooGallery keeps only the first record of a window: ``window_rank`` is 0 for the row
+  holding its window, and 1, 2... only for rows that already shared one before (see below).
+- ``record_conflicts``: each incoming copy that disagreed with a stored record, either another
+  copy of its ``metering_sn`` or a record for a usage window the stored record holds;
+  ``metering_sn`` names the stored record, ``record_json`` is the incoming copy.
 - ``push_attempts``: the audit trail of HTTP exchanges.
 - ``dead_letters``: messages and records that can never succeed as they are.
 - ``bill_runs`` (migration 2): every bill fetch of a cycle, its status and request ids; a run
@@ -236,6 +241,51 @@ _BILL_RUNS_POSTGRES = (
     "WHERE content_json IS NOT NULL",
 )
 
+_ONE_RECORD_PER_WINDOW = (
+    "ALTER TABLE usage_records ADD COLUMN window_rank INTEGER NOT NULL DEFAULT 0",
+    """
+    UPDATE usage_records SET window_rank = (
+        SELECT COUNT(*) FROM usage_records AS other
+        WHERE other.instance_id = usage_records.instance_id
+            AND other.begin_time = usage_records.begin_time
+            AND other.end_time = usage_records.end_time
+            AND (
+                CASE other.status WHEN 'accepted' THEN 0 WHEN 'duplicate' THEN 0
+                    WHEN 'pending' THEN 1 WHEN 'dead_lettered' THEN 2 ELSE 3 END,
+                other.first_seen,
+                other.metering_sn
+            ) < (
+                CASE usage_records.status WHEN 'accepted' THEN 0 WHEN 'duplicate' THEN 0
+                    WHEN 'pending' THEN 1 WHEN 'dead_lettered' THEN 2 ELSE 3 END,
+                usage_records.first_seen,
+                usage_records.metering_sn
+            )
+    )
+    WHERE EXISTS (
+        SELECT 1 FROM usage_records AS other
+        WHERE other.instance_id = usage_records.instance_id
+            AND other.begin_time = usage_records.begin_time
+            AND other.end_time = usage_records.end_time
+            AND other.metering_sn <> usage_records.metering_sn
+    )""",
+    "UPDATE usage_records SET status = 'conflict' WHERE window_rank > 0",
+    "CREATE UNIQUE INDEX usage_records_by_window "
+    "ON usage_records (instance_id, begin_time, end_time, window_rank)",
+)
+"""Migration 3, the same SQL on both backends.
+
+A database may already hold several rows for one window, each with its own ``metering_sn``
+(another ``relate_pkg_instance``, or a caller's own ``metering_sn``). KooGallery kept one of
+them; the others are usage reported but lost. Each such window keeps one holder, of rank 0:
+the row KooGallery holds (accepted or duplicate), else the one it may still get (pending),
+else a dead-lettered one, the first seen among equals. The others are ranked after it and set
+to ``conflict``, so that they are never pushed and a person sees them.
+
+The unique index then holds every window to one row of rank 0, and every new row has rank 0.
+It does not depend on ``status``, so no later change of status (a lease owner's late
+acceptance, say) can ever break it.
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -248,6 +298,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "bill runs and versions",
         sqlite=_BILL_RUNS_SQLITE,
         postgres=_BILL_RUNS_POSTGRES,
+    ),
+    Migration(
+        3,
+        "one record per usage window; rows already sharing one, but its holder, in conflict",
+        sqlite=_ONE_RECORD_PER_WINDOW,
+        postgres=_ONE_RECORD_PER_WINDOW,
     ),
 )
 

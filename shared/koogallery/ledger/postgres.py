@@ -3,10 +3,11 @@
 Writes lock rows, not the table, so claims of disjoint batches run side by side:
 
 - a claim inserts the unseen records with ``INSERT ... ON CONFLICT DO NOTHING`` (one statement
-  over the whole batch, in ``metering_sn`` order), then locks the rest with
-  ``SELECT ... FOR UPDATE`` in the same order. A claim that meets a row another claim is
-  writing waits for it, then sees its lease; because every transaction takes rows in one order,
-  transactions wait for each other but never deadlock;
+  over the whole batch, in usage window order), skipping a record whose ``metering_sn`` or
+  usage window is stored already, then locks the stored ones with ``SELECT ... FOR UPDATE`` in
+  ``metering_sn`` order. A claim that meets a row another claim is writing waits for it, then
+  sees its lease; because every transaction takes rows in one order, transactions wait for
+  each other but never deadlock;
 - the outbox uses ``FOR UPDATE SKIP LOCKED``, so two drains take different records at once;
 - migrations hold a transaction-scoped advisory lock, so two processes migrating take turns.
 
@@ -31,7 +32,7 @@ import psycopg
 from koogallery.errors import TransientError
 from koogallery.ledger.cutoffs import BillingMode
 from koogallery.ledger.migrations import MIGRATIONS, Migration
-from koogallery.ledger.rules import NewRow
+from koogallery.ledger.rules import NewRow, Window
 from koogallery.ledger.sql import SqlLedger, Transaction
 from koogallery.ledger.urls import LEDGER_URL_VARIABLE, masked_url
 from koogallery.models import format_usage_value
@@ -54,12 +55,13 @@ _INSERT_UNSEEN = """
         end_time timestamptz, usage_value numeric, relate_pkg_instance text, status text,
         settled_at timestamptz, last_error text, lease_owner text, lease_expires timestamptz
     )
-    ORDER BY metering_sn
-    ON CONFLICT (metering_sn) DO NOTHING
+    ORDER BY instance_id, begin_time, end_time, metering_sn
+    ON CONFLICT DO NOTHING
     RETURNING metering_sn
 """
 """Inserts a whole batch from one JSON document: the server reads it far faster than the
-driver can write a dozen arrays of a thousand strings each."""
+driver can write a dozen arrays of a thousand strings each. ``ON CONFLICT`` names no index, so
+that both keys count: ``metering_sn`` and the usage window (``usage_records_by_window``)."""
 
 
 class _PostgresTransaction:
@@ -182,6 +184,15 @@ class PostgresLedger(SqlLedger):
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, object]:
         return f"{column} = ANY(?)", list(values)
+
+    def _in_windows(self, windows: Sequence[Window]) -> tuple[str, Sequence[object]]:
+        """Three parallel arrays, one per column of the window."""
+        condition = (
+            "(instance_id, begin_time, end_time) IN "
+            "(SELECT * FROM unnest(?::text[], ?::timestamptz[], ?::timestamptz[]))"
+        )
+        instance_ids, begins, ends = zip(*windows, strict=True)
+        return condition, (list(instance_ids), list(begins), list(ends))
 
     def _db_time(self, moment: datetime) -> object:
         return moment.astimezone(timezone.utc)

@@ -3,6 +3,10 @@
 Both backends lock the rows, read them, call these functions and write the result, so the
 product's guarantees live in one place and are the same on SQLite and PostgreSQL.
 
+KooGallery keeps the first record per ``metering_sn`` and the first per usage window
+(``instance_id``, ``begin_time``, ``end_time``), and drops the others without a word. The ledger
+therefore lets one record hold a window: another ``metering_sn`` for it is a conflict.
+
 The stored copy of a record is its canonical JSON (sorted keys, compact times, the usage value
 as a decimal string): rebuilding a record from it gives back the very record first stored, so
 every push of it sends the same bytes.
@@ -27,6 +31,7 @@ __all__ = [
     "NewRow",
     "SettlePlan",
     "StoredRow",
+    "Window",
     "failure_text",
     "first_copies",
     "is_expired",
@@ -36,10 +41,15 @@ __all__ = [
     "rebuild_record",
     "same_content",
     "stored_json",
+    "window_firsts",
+    "window_of",
 ]
 
 EXPIRED_REASON = "expired: begin_time older than 21 days (MKT.9004)"
 """Why a record that waited too long is dead-lettered instead of pushed."""
+
+Window = tuple[str, datetime, datetime]
+"""A usage window: ``instance_id``, ``begin_time``, ``end_time``."""
 
 _DELIVERED = (Status.ACCEPTED, Status.DUPLICATE)
 _RANK = {Status.PENDING: 0, Status.DEAD_LETTERED: 1, Status.ACCEPTED: 2, Status.DUPLICATE: 2}
@@ -77,15 +87,15 @@ class StoredRow:
 class ClaimPlan:
     """A claim's answer and the writes that make it true.
 
-    ``expire`` lists stored rows to dead-letter for age; ``expired`` every record that expired
-    in this claim, new ones (inserted dead) included.
+    ``expire`` lists stored rows to dead-letter for age. ``conflict_copies`` pairs each
+    conflicting copy with the ``metering_sn`` of the record it disagrees with: its own for
+    another copy of a stored record, the holder's for a usage window held by another record.
     """
 
     claim: Claim
     leases: list[str] = field(default_factory=list)
     expire: list[str] = field(default_factory=list)
     mark_conflict: list[str] = field(default_factory=list)
-    expired: list[str] = field(default_factory=list)
     conflict_copies: list[tuple[str, str]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
 
@@ -131,6 +141,11 @@ def same_content(incoming: UsageRecord, stored: UsageRecord) -> bool:
     )
 
 
+def window_of(record: UsageRecord) -> Window:
+    """The usage window ``record`` reports on, the other key KooGallery keeps one record for."""
+    return (record.instance_id, record.begin_time, record.end_time)
+
+
 def is_expired(begin_time: datetime, now: datetime) -> bool:
     """KooGallery refuses a ``begin_time`` older than 21 days (``MKT.9004``)."""
     return begin_time < now - MAX_BEGIN_AGE
@@ -144,17 +159,31 @@ def first_copies(records: Sequence[UsageRecord]) -> dict[str, UsageRecord]:
     return firsts
 
 
+def window_firsts(firsts: Mapping[str, UsageRecord]) -> dict[str, UsageRecord]:
+    """Of the first copies, those that come first for their usage window: only these may be
+    inserted, as a later record of the batch for the same window is a conflict with them."""
+    seen: set[Window] = set()
+    chosen: dict[str, UsageRecord] = {}
+    for sn, record in firsts.items():
+        window = window_of(record)
+        if window not in seen:
+            seen.add(window)
+            chosen[sn] = record
+    return chosen
+
+
 def new_rows(
     firsts: Mapping[str, UsageRecord], *, owner: str, now: datetime, lease_until: datetime
 ) -> list[NewRow]:
     """How each record would be inserted if unseen: leased to ``owner``, or dead if expired.
 
-    Sorted by ``metering_sn``: every transaction inserts and locks in that one order, so two of
-    them can wait for each other but never deadlock.
+    Sorted by usage window, then ``metering_sn``: every transaction inserts in that one order,
+    so two of them inserting records of the same windows wait for each other but never
+    deadlock. A ``metering_sn`` derived from its record names one window, so the one order
+    holds for both keys.
     """
     rows = []
-    for sn in sorted(firsts):
-        record = firsts[sn]
+    for record in sorted(firsts.values(), key=lambda record: (*window_of(record), record.sn)):
         if is_expired(record.begin_time, now):
             row = NewRow(record, RecordStatus.DEAD_LETTERED, EXPIRED_REASON, now, None, None)
         else:
@@ -168,25 +197,36 @@ def plan_claim(
     *,
     inserted: Mapping[str, NewRow],
     stored: Mapping[str, StoredRow],
+    holders: Mapping[Window, StoredRow],
     owner: str,
     now: datetime,
     billing_mode: BillingMode,
 ) -> ClaimPlan:
-    """Decide the fate of each record of a claim, given the rows this claim just inserted and
-    the rows that were there before (locked by the caller).
+    """Decide the fate of each record of a claim, given the rows this claim just inserted, the
+    rows that were there before (locked by the caller), and the rows holding the usage windows
+    of the records that got neither.
 
     A copy whose content differs from the stored one is a conflict: it is recorded and never
     pushed, and a stored record still pending is set to ``conflict`` so that nobody pushes
     either version until a person decides which one KooGallery should get. A record already
     accepted stays accepted: KooGallery holds it and nothing can change that.
+
+    A record for a usage window another ``metering_sn`` holds (stored before, or earlier in
+    this batch) is a conflict too, as KooGallery would drop it. The holder is left as it is,
+    pending included: it came first, and the newcomer is the one that cannot be billed.
     """
     firsts = first_copies(records)
     reference = {sn: row.record for sn, row in inserted.items()}
     reference.update({sn: _stored_copy(row, firsts[sn]) for sn, row in stored.items()})
     status = {sn: row.status for sn, row in inserted.items()}
     status.update({sn: row.status for sn, row in stored.items()})
+    outsiders = _lost_windows(firsts, reference, holders)
 
-    clashes = [record for record in records if not same_content(record, reference[record.sn])]
+    clashes = [
+        record
+        for record in records
+        if record.sn not in outsiders and not same_content(record, reference[record.sn])
+    ]
     plan = ClaimPlan(claim=Claim([], [], [], [], [], []), seen=list(stored))
     for record in clashes:
         plan.conflict_copies.append((record.sn, stored_json(record)))
@@ -198,7 +238,9 @@ def plan_claim(
     listed: set[str] = set()
     for record in records:
         sn = record.sn
-        if id(record) in clashing:
+        if sn in outsiders:
+            _place_outsider(plan, record, outsiders[sn], firsts[sn], listed)
+        elif id(record) in clashing:
             plan.claim.conflicts.append((record, reference[sn]))
         elif sn not in listed:
             listed.add(sn)
@@ -208,6 +250,57 @@ def plan_claim(
         record for record in plan.claim.to_push if is_late(record.end_time, now, billing_mode)
     )
     return plan
+
+
+def _lost_windows(
+    firsts: Mapping[str, UsageRecord],
+    reference: Mapping[str, UsageRecord],
+    holders: Mapping[Window, StoredRow],
+) -> dict[str, UsageRecord]:
+    """For each record whose ``metering_sn`` has no row, the record holding its usage window.
+
+    That is the stored row of the window when there is one, else the batch's first record for
+    the window (itself refused, as another copy of its ``metering_sn`` was stored before).
+    """
+    earliest: dict[Window, UsageRecord] = {}
+    for record in firsts.values():
+        earliest.setdefault(window_of(record), record)
+
+    outsiders: dict[str, UsageRecord] = {}
+    for sn, record in firsts.items():
+        if sn in reference:
+            continue
+        window = window_of(record)
+        row = holders.get(window)
+        if row is not None:
+            known = reference.get(row.metering_sn)
+            outsiders[sn] = known if known is not None else rebuild_record(row.stored)
+        elif earliest[window] is not record:
+            outsiders[sn] = earliest[window]
+        else:
+            raise RuntimeError(
+                f"the ledger found neither a row for {sn} nor one holding its usage window; "
+                "the claim was rolled back"
+            )
+    return outsiders
+
+
+def _place_outsider(
+    plan: ClaimPlan,
+    record: UsageRecord,
+    holder: UsageRecord,
+    first: UsageRecord,
+    listed: set[str],
+) -> None:
+    """A record that lost its usage window: its first copy conflicts with the holder, and a
+    copy of it with other content conflicts with that first copy; a repeat is listed once."""
+    if record.sn not in listed:
+        listed.add(record.sn)
+        plan.claim.conflicts.append((record, holder))
+        plan.conflict_copies.append((holder.sn, stored_json(record)))
+    elif not same_content(record, first):
+        plan.claim.conflicts.append((record, first))
+        plan.conflict_copies.append((record.sn, stored_json(record)))
 
 
 def _stored_copy(row: StoredRow, incoming: UsageRecord) -> UsageRecord:
@@ -233,7 +326,7 @@ def _place(
         claim.already_delivered.append(record)
     elif status is RecordStatus.DEAD_LETTERED:
         if row is None:
-            plan.expired.append(record.sn)
+            claim.expired.append(record)
         claim.dead.append(record)
     elif status is RecordStatus.CONFLICT:
         claim.held.append(record)
@@ -243,7 +336,7 @@ def _place(
         claim.in_flight.append(record)
     elif is_expired(record.begin_time, now):
         plan.expire.append(record.sn)
-        plan.expired.append(record.sn)
+        claim.expired.append(record)
         claim.dead.append(record)
     else:
         plan.leases.append(record.sn)

@@ -2,8 +2,9 @@
 
 Each operation runs in one transaction that locks what it changes, reads, asks
 :mod:`koogallery.ledger.rules` what to do, and writes. A backend supplies only what differs:
-how a transaction is opened and locked, how many rows are inserted at once, how a list is
-passed to ``IN``, and how times and JSON are stored. Statements use ``?`` placeholders.
+how a transaction is opened and locked, how many rows are inserted at once, how a list of
+values or of usage windows is passed to ``IN``, and how times and JSON are stored. Statements
+use ``?`` placeholders.
 
 Every write that applies a rule also states the rule in its ``WHERE`` clause, so the database
 itself refuses a write the rule forbids (a late ``pending`` over an ``accepted``, a lease taken
@@ -37,6 +38,7 @@ from koogallery.ledger.base import (
     Ledger,
     LedgerRecord,
     LedgerStatus,
+    OutboxClaim,
     RecordStatus,
 )
 from koogallery.ledger.cutoffs import BillingMode, collection_moment, next_collection
@@ -52,11 +54,15 @@ from koogallery.ledger.rules import (
     ClaimPlan,
     NewRow,
     StoredRow,
+    Window,
     first_copies,
     new_rows,
     plan_claim,
     plan_settle,
     rebuild_record,
+    stored_json,
+    window_firsts,
+    window_of,
 )
 from koogallery.models import MAX_BEGIN_AGE, UsageRecord, format_time, format_usage_value
 from koogallery.pipeline import DeadLetter
@@ -88,6 +94,12 @@ _LETTER_COLUMNS = (
     "id, created_at, origin_json, position, reason, field, error_code, record_json, raw, state, "
     "resolved_at, note"
 )
+_CONFLICT_MESSAGES = {
+    "metering_sn": "usage record conflicts with the stored copy of its metering_sn; "
+    "the incoming copy was recorded and will not be pushed",
+    "usage_window": "usage record is for a usage window another metering_sn holds; "
+    "the incoming copy was recorded and will not be pushed",
+}
 _LEASE_IS_FREE = "(lease_owner IS NULL OR lease_owner = ? OR lease_expires <= ?)"
 _Value = TypeVar("_Value")
 
@@ -145,6 +157,10 @@ class SqlLedger(Ledger):
     @abstractmethod
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, object]:
         """A ``column IN list`` condition with one placeholder, and the value to bind to it."""
+
+    @abstractmethod
+    def _in_windows(self, windows: Sequence[Window]) -> tuple[str, Sequence[object]]:
+        """A condition true for the rows of the given usage windows, and the values to bind."""
 
     @abstractmethod
     def _db_time(self, moment: datetime) -> object: ...
@@ -213,22 +229,26 @@ class SqlLedger(Ledger):
 
         firsts = first_copies(records)
         with self._transaction(write=True) as tx:
-            rows = new_rows(firsts, owner=owner, now=now, lease_until=lease_until)
+            rows = new_rows(window_firsts(firsts), owner=owner, now=now, lease_until=lease_until)
             fresh = self._insert_unseen(tx, rows, now=now)
             inserted = {row.record.sn: row for row in rows if row.record.sn in fresh}
             stored = self._stored_rows(tx, [sn for sn in sorted(firsts) if sn not in fresh])
 
+            without_row = [sn for sn in firsts if sn not in fresh and sn not in stored]
+            holders = self._window_holders(tx, [window_of(firsts[sn]) for sn in without_row])
             plan = plan_claim(
                 records,
                 inserted=inserted,
                 stored=stored,
+                holders=holders,
                 owner=owner,
                 now=now,
                 billing_mode=self.billing_mode,
             )
             self._write_claim(tx, plan, owner=owner, now=now, lease_until=lease_until)
 
-        self._report_claim(plan, stored, owner=owner)
+        rows_by_sn = {**{row.metering_sn: row for row in holders.values()}, **stored}
+        self._report_claim(plan, rows_by_sn, owner=owner)
         return plan.claim
 
     def _stored_rows(self, tx: Transaction, sns: Sequence[str]) -> dict[str, StoredRow]:
@@ -250,6 +270,31 @@ class SqlLedger(Ledger):
                 lease_expires=None if lease_expires is None else self._read_time(lease_expires),
             )
             for sn, stored, status, lease_owner, lease_expires in found
+        }
+
+    def _window_holders(
+        self, tx: Transaction, windows: Sequence[Window]
+    ) -> dict[Window, StoredRow]:
+        """The rows holding ``windows``, read only: a claim never changes the holder of a
+        window it is refused, so it takes no lock on it (and keeps its locks in one order)."""
+        if not windows:
+            return {}
+        condition, values = self._in_windows(windows)
+        found = tx.rows(
+            "SELECT metering_sn, record_json, status, lease_owner, lease_expires, "  # noqa: S608
+            "instance_id, begin_time, end_time FROM usage_records "
+            f"WHERE window_rank = 0 AND {condition}",
+            values,
+        )
+        return {
+            (instance_id, self._read_time(begin), self._read_time(end)): StoredRow(
+                metering_sn=sn,
+                stored=self._read_json(stored),
+                status=RecordStatus(status),
+                lease_owner=lease_owner,
+                lease_expires=self._maybe_time(lease_expires),
+            )
+            for sn, stored, status, lease_owner, lease_expires, instance_id, begin, end in found
         }
 
     def _write_claim(
@@ -299,17 +344,20 @@ class SqlLedger(Ledger):
         """Conflicts are loud (a person must decide); late and expired records are warnings.
 
         Each conflict gets its own line, up to :data:`CONFLICTS_LOGGED` per claim, then one line
-        with the total: a whole batch in conflict must not flood the log.
+        with the total: a whole batch in conflict must not flood the log. ``conflict_on`` says
+        which of KooGallery's keys the records share: ``metering_sn`` or ``usage_window``.
         """
         claim = plan.claim
         for incoming, kept in claim.conflicts[:CONFLICTS_LOGGED]:
             row = stored.get(kept.sn)
+            conflict_on = "metering_sn" if incoming.sn == kept.sn else "usage_window"
             logger.error(
-                "usage record conflicts with the stored copy of its metering_sn; "
-                "the incoming copy was recorded and will not be pushed",
+                _CONFLICT_MESSAGES[conflict_on],
                 extra={
                     "event": "ledger_conflict",
+                    "conflict_on": conflict_on,
                     "metering_sn": kept.sn,
+                    "incoming_metering_sn": incoming.sn,
                     "instance_id": kept.instance_id,
                     "stored_window": [format_time(kept.begin_time), format_time(kept.end_time)],
                     "stored_usage_value": format_usage_value(kept.usage_value),
@@ -342,10 +390,10 @@ class SqlLedger(Ledger):
                     "billing_mode": self.billing_mode,
                 },
             )
-        if plan.expired:
+        if claim.expired:
             logger.warning(
                 "usage records expired before they could be pushed",
-                extra={"event": "ledger_expired", "records": len(plan.expired)},
+                extra={"event": "ledger_expired", "records": len(claim.expired)},
             )
         logger.debug(
             "ledger claim", extra={"event": "ledger_claim", "owner": owner, **claim.counts()}
@@ -521,23 +569,24 @@ class SqlLedger(Ledger):
                 ids.append(int(found[0][0]))
         return ids
 
-    def outbox(
+    def claim_outbox(
         self, *, limit: int, now: datetime, owner: str, lease_seconds: float = 300
-    ) -> list[UsageRecord]:
+    ) -> OutboxClaim:
         now = _utc(now)
         lease_until = now + _lease(lease_seconds)
         if limit <= 0:
-            return []
+            return OutboxClaim([], [])
 
         at, oldest_begin = self._db_time(now), self._db_time(now - MAX_BEGIN_AGE)
         with self._transaction(write=True) as tx:
-            expired = tx.execute(
+            expired = tx.rows(
                 "UPDATE usage_records SET status = 'dead_lettered', last_error = ?, "  # noqa: S608
                 "settled_at = ?, lease_owner = NULL, lease_expires = NULL "
                 "WHERE metering_sn IN (SELECT metering_sn FROM usage_records "
-                f"WHERE status = 'pending' AND begin_time < ? AND {_LEASE_IS_FREE}"
-                f"{self._SKIP_LOCKED})",
-                (EXPIRED_REASON, at, oldest_begin, owner, at),
+                f"WHERE status = 'pending' AND begin_time < ? AND {_LEASE_IS_FREE} "
+                f"ORDER BY first_seen, metering_sn LIMIT ?{self._SKIP_LOCKED}) "
+                "RETURNING first_seen, metering_sn, record_json",
+                (EXPIRED_REASON, at, oldest_begin, owner, at, limit),
             )
             found = tx.rows(
                 "SELECT metering_sn, record_json FROM usage_records "  # noqa: S608
@@ -555,9 +604,49 @@ class SqlLedger(Ledger):
         if expired:
             logger.warning(
                 "usage records expired before they could be pushed",
-                extra={"event": "ledger_expired", "records": expired},
+                extra={"event": "ledger_expired", "records": len(expired)},
             )
-        return [rebuild_record(self._read_json(stored)) for _, stored in found]
+
+        expired.sort(key=lambda row: (self._read_time(row[0]), row[1]))
+        return OutboxClaim(
+            to_push=[rebuild_record(self._read_json(stored)) for _, stored in found],
+            expired=[rebuild_record(self._read_json(stored)) for _, _, stored in expired],
+        )
+
+    def reopen(self, record: UsageRecord, *, now: datetime) -> bool:
+        at = self._db_time(_utc(now))
+        window = window_of(record)
+        with self._transaction(write=True) as tx:
+            row = self._stored_rows(tx, [record.sn]).get(record.sn)
+            if row is None or row.status is not RecordStatus.DEAD_LETTERED:
+                return False
+            holder = self._window_holders(tx, [window]).get(window)
+            if holder is not None and holder.metering_sn != record.sn:
+                return False
+
+            tx.execute(
+                "UPDATE usage_records SET record_json = ?, instance_id = ?, begin_time = ?, "
+                "end_time = ?, usage_value = ?, relate_pkg_instance = ?, status = 'pending', "
+                "window_rank = 0, last_seen = ?, settled_at = NULL, last_error = NULL, "
+                "lease_owner = NULL, lease_expires = NULL "
+                "WHERE metering_sn = ? AND status = 'dead_lettered'",
+                (
+                    stored_json(record),
+                    record.instance_id,
+                    self._db_time(record.begin_time),
+                    self._db_time(record.end_time),
+                    format_usage_value(record.usage_value),
+                    record.relate_pkg_instance,
+                    at,
+                    record.sn,
+                ),
+            )
+
+        logger.info(
+            "dead-lettered usage record reopened for another push",
+            extra={"event": "ledger_reopened", "metering_sn": record.sn},
+        )
+        return True
 
     def status(self, *, now: datetime) -> LedgerStatus:
         now = _utc(now)

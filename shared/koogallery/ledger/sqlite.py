@@ -27,7 +27,7 @@ from typing import Any
 
 from koogallery.ledger.cutoffs import BillingMode
 from koogallery.ledger.migrations import MIGRATIONS, Migration
-from koogallery.ledger.rules import NewRow
+from koogallery.ledger.rules import NewRow, Window, window_of
 from koogallery.ledger.sql import SqlLedger, Transaction
 
 __all__ = ["SqliteLedger"]
@@ -134,24 +134,55 @@ class SqliteLedger(SqlLedger):
         self, tx: Transaction, rows: Sequence[NewRow], *, now: datetime
     ) -> set[str]:
         """No other writer can run inside ``BEGIN IMMEDIATE``: what is absent now stays absent
-        until the insert."""
+        until the insert. A row is new when neither its ``metering_sn`` nor its usage window is
+        stored yet; of two new rows for one window, the first in ``rows`` is inserted."""
         if not rows:
             return set()
 
         condition, values = self._in("metering_sn", [row.record.sn for row in rows])
         query = f"SELECT metering_sn FROM usage_records WHERE {condition}"  # noqa: S608
-        found = tx.rows(query, (values,))
-        existing = {sn for (sn,) in found}
-        fresh = [row for row in rows if row.record.sn not in existing]
+        existing = {sn for (sn,) in tx.rows(query, (values,))}
+        unseen = [row for row in rows if row.record.sn not in existing]
+        held = self._held_windows(tx, [window_of(row.record) for row in unseen])
 
+        fresh = []
+        for row in unseen:
+            window = self._window_key(window_of(row.record))
+            if window not in held:
+                held.add(window)
+                fresh.append(row)
         self._insert_rows(tx, fresh, now=now)
         return {row.record.sn for row in fresh}
+
+    def _held_windows(self, tx: Transaction, windows: Sequence[Window]) -> set[tuple[str, ...]]:
+        """Which of ``windows`` a stored row holds, as :meth:`_window_key` gives them."""
+        if not windows:
+            return set()
+        condition, values = self._in_windows(windows)
+        query = (
+            "SELECT instance_id, begin_time, end_time FROM usage_records "  # noqa: S608
+            f"WHERE window_rank = 0 AND {condition}"
+        )
+        return {tuple(found) for found in tx.rows(query, values)}
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, object]:
         """One JSON array parameter instead of one per value: SQLite caps the parameters of a
         statement, and a claim may hold thousands of records."""
         condition = f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608
         return condition, json.dumps(list(values))
+
+    def _in_windows(self, windows: Sequence[Window]) -> tuple[str, Sequence[object]]:
+        """One JSON array of ``[instance_id, begin_time, end_time]`` triples, times as stored."""
+        condition = (
+            "(instance_id, begin_time, end_time) IN (SELECT json_extract(value, '$[0]'), "
+            "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))"
+        )
+        return condition, (json.dumps([self._window_key(window) for window in windows]),)
+
+    def _window_key(self, window: Window) -> tuple[str, ...]:
+        """A usage window as its columns hold it."""
+        instance_id, begin_time, end_time = window
+        return (instance_id, str(self._db_time(begin_time)), str(self._db_time(end_time)))
 
     def _db_time(self, moment: datetime) -> object:
         return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
