@@ -21,9 +21,12 @@ How each answer is handled:
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
+import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ import httpx
 
 from koogallery.config import Settings
 from koogallery.errors import AuthenticationError, ConfigurationError, RecordValidationError
-from koogallery.models import UsageRecord, usage_body
+from koogallery.models import UsageRecord, wire_body
 from koogallery.signing import (
     JSON_CONTENT_TYPE,
     ApigSigner,
@@ -87,7 +90,7 @@ class Status(str, enum.Enum):
     PENDING = "pending"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordOutcome:
     """What happened to one record, with the platform's code and a reason a person can act on."""
 
@@ -187,7 +190,11 @@ class KooGalleryClient:
             auth=_auth_for(settings),
             transport=transport,
             timeout=settings.timeout_seconds,
-            verify=settings.verify_tls,
+            verify=_tls_context(
+                settings.verify_tls,
+                os.environ.get("SSL_CERT_FILE"),
+                os.environ.get("SSL_CERT_DIR"),
+            ),
             headers={"User-Agent": USER_AGENT, "Content-Type": JSON_CONTENT_TYPE},
         )
 
@@ -226,14 +233,15 @@ class KooGalleryClient:
                 self._observer = previous
         result = PushResult()
         outcomes: list[RecordOutcome | None] = [None] * len(records)
-        sendable = self._render_check(records, outcomes, result)
+        wires = self._render_check(records, outcomes)
+        sendable = list(wires)
 
         stopped: str | None = None
         size = self.settings.chunk_size
         for start in range(0, len(sendable), size):
             chunk = sendable[start : start + size]
             if stopped is None:
-                stopped = self._deliver(records, chunk, outcomes, result, deadline)
+                stopped = self._deliver(records, wires, chunk, outcomes, result, deadline)
             else:
                 self._settle(records, chunk, outcomes, result, Status.PENDING, reason=stopped)
 
@@ -241,27 +249,26 @@ class KooGalleryClient:
         return result
 
     def _render_check(
-        self,
-        records: Sequence[UsageRecord],
-        outcomes: list[RecordOutcome | None],
-        result: PushResult,
-    ) -> list[int]:
-        """Dead-letter records the chosen API variant cannot carry (v1 needs ``product_id``)."""
-        sendable = []
+        self, records: Sequence[UsageRecord], outcomes: list[RecordOutcome | None]
+    ) -> dict[int, dict[str, Any]]:
+        """Each sendable record's wire form by its index, rendered once for every request that
+        carries it; a record the API variant cannot carry (v1 needs ``product_id``) is
+        dead-lettered instead."""
+        usage_api, usage_entity = self.settings.usage_api, self.settings.usage_entity
+        wires: dict[int, dict[str, Any]] = {}
         for index, record in enumerate(records):
             try:
-                record.to_wire(self.settings.usage_api, usage_entity=self.settings.usage_entity)
+                wires[index] = record.to_wire(usage_api, usage_entity=usage_entity)
             except RecordValidationError as error:
                 outcome = RecordOutcome(record, Status.DEAD_LETTERED, reason=str(error))
                 outcomes[index] = outcome
                 self._report([outcome])
-                continue
-            sendable.append(index)
-        return sendable
+        return wires
 
     def _deliver(
         self,
         records: Sequence[UsageRecord],
+        wires: dict[int, dict[str, Any]],
         chunk: list[int],
         outcomes: list[RecordOutcome | None],
         result: PushResult,
@@ -271,7 +278,7 @@ class KooGalleryClient:
         parts = [chunk]
         while parts:
             part = parts.pop()
-            answer = self._send(records, part, result, deadline)
+            answer = self._send(wires, part, result, deadline)
 
             if answer.kind == "accepted":
                 for position, index in enumerate(part):
@@ -326,17 +333,13 @@ class KooGalleryClient:
 
     def _send(
         self,
-        records: Sequence[UsageRecord],
+        wires: dict[int, dict[str, Any]],
         part: list[int],
         result: PushResult,
         deadline: float | None,
     ) -> _Answer:
         """Send one request body until it gets a definite answer or retrying must stop."""
-        body = usage_body(
-            (records[index] for index in part),
-            self.settings.usage_api,
-            usage_entity=self.settings.usage_entity,
-        )
+        body = wire_body([wires[index] for index in part], self.settings.usage_api)
         answer = _Answer("transient", message="not sent")
         attempt = 0
         while attempt < self.settings.max_attempts:
@@ -449,6 +452,17 @@ class KooGalleryClient:
         )
         if self._observer is not None:
             self._observer.on_attempt(attempt)
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(verify: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """The TLS context of every client in this process, made once per distinct setting.
+
+    Loading the CA bundle takes tens of milliseconds, and a warm function builds a client on
+    each invocation. httpx reads ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` itself; they are part
+    of the cache key so that a changed variable still gets its own context.
+    """
+    return httpx.create_ssl_context(verify=verify)
 
 
 def _auth_for(settings: Settings) -> SigningChain:

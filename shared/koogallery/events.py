@@ -69,7 +69,7 @@ class EventFormatError(ValueError):
     """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """Where one message came from, precise enough to find it again in the trigger payload.
 
@@ -94,7 +94,7 @@ class Origin:
         return f"{self.trigger} {self.source} #{self.index}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     """One message of a batch: its text, already decoded from base64 where the source encodes.
 
@@ -126,7 +126,7 @@ class TriggerBatch:
     request_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawRecord:
     """One usage record as found in a message, before any field is validated.
 
@@ -448,12 +448,19 @@ class _NonFiniteNumberError(ValueError):
     """JSON has no NaN or Infinity; Python's reader accepts them unless told not to."""
 
 
-def _load_json(text: str) -> object:
-    def refuse(constant: str) -> NoReturn:
-        raise _NonFiniteNumberError(f"{constant} is not a JSON number")
+def _refuse_constant(constant: str) -> NoReturn:
+    raise _NonFiniteNumberError(f"{constant} is not a JSON number")
 
+
+_USAGE_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
+"""One decoder for every message: ``json.loads`` with options would build one per call."""
+
+
+def _load_json(text: str) -> object:
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=refuse)
+        return _USAGE_DECODER.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 

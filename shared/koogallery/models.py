@@ -4,6 +4,11 @@ A record is validated once, when it is built, against every rule KooGallery appl
 it applies only later, asynchronously, where a bad record would be lost silently). After that it
 is immutable, so the bytes of a retry are always the bytes of the first attempt.
 
+:meth:`UsageRecord.parse` checks a plain, well-formed record with direct tests and builds it
+without pydantic's machinery, because a month of usage is millions of records; anything unusual
+(another type, a broken rule) goes through ``model_validate``, the complete path, so every
+answer and every error message is the one that path gives.
+
     record = UsageRecord.parse({"instance_id": "i-1", "begin_time": "2026-12-01T08:00:00Z",
                                 "end_time": "2026-12-01T09:00:00Z", "usage_value": "12.5"})
     record.metering_sn   # sha256 of instance, window and package: the same on every retry
@@ -17,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -41,6 +46,7 @@ __all__ = [
     "metering_sn_for",
     "parse_time",
     "usage_body",
+    "wire_body",
 ]
 
 MAX_BEGIN_AGE = timedelta(days=21)
@@ -52,6 +58,28 @@ CLOCK_SKEW = timedelta(minutes=5)
 _COMPACT_TIME = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
 _MAX_INTEGER_DIGITS = 8
 _MAX_DECIMAL_PLACES = 4
+
+_TIME_CACHE_SIZE = 4096
+"""Distinct time texts and UTC moments remembered. Hourly usage repeats a few hundred window
+boundaries across every instance, so a small cache answers nearly every record; when it is full
+it starts again, which bounds its memory whatever the input."""
+
+_PLAIN_USAGE_VALUE = re.compile(r"[0-9]{1,8}(?:\.[0-9]{1,4})?")
+"""A usage value text that can break no rule but "greater than 0"."""
+
+_times_by_text: dict[str, tuple[datetime, str]] = {}
+_texts_by_moment: dict[datetime, str] = {}
+
+_object_setattr = object.__setattr__
+
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+
+
+def _remember(cache: dict[_Key, _Value], key: _Key, value: _Value) -> None:
+    if len(cache) >= _TIME_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
 
 
 def parse_time(value: object) -> datetime:
@@ -93,8 +121,21 @@ def _parse_time_text(text: str) -> datetime:
 
 
 def format_time(moment: datetime) -> str:
-    """KooGallery's wire form: UTC, ``yyyyMMdd'T'HHmmss'Z'``."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """KooGallery's wire form: UTC, ``yyyyMMdd'T'HHmmss'Z'``.
+
+    A moment already in UTC is formatted once and remembered: each record's window is formatted
+    for its ``metering_sn``, its body and the ledger, and one window is shared by many records.
+    Other moments (another zone, a naive local time) are converted every time, since what they
+    mean can depend on the machine's zone.
+    """
+    if moment.tzinfo is not timezone.utc or type(moment) is not datetime:
+        return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+    text = _texts_by_moment.get(moment)
+    if text is None:
+        text = moment.strftime("%Y%m%dT%H%M%SZ")
+        _remember(_texts_by_moment, moment, text)
+    return text
 
 
 def parse_usage_value(value: object) -> Decimal:
@@ -132,9 +173,14 @@ def parse_usage_value(value: object) -> Decimal:
 
 
 def format_usage_value(value: Decimal) -> str:
-    """A plain decimal string (``"99"``, ``"12.5"``): never a float, never an exponent."""
-    text = format(value.normalize(), "f")
-    return text
+    """A plain decimal string (``"99"``, ``"12.5"``): never a float, never an exponent.
+
+    ``str`` is plain for every usage value but whole hundreds and more (``1E+2``) and tiny
+    fractions, and much faster than formatting; those two get the formatting.
+    """
+    normalized = value.normalize()
+    text = str(normalized)
+    return format(normalized, "f") if "E" in text else text
 
 
 def metering_sn_for(
@@ -145,9 +191,16 @@ def metering_sn_for(
     KooGallery keeps the first record with a given ``metering_sn`` and flags the rest, so a
     retry after an ambiguous failure lands as a harmless duplicate instead of a second charge.
     """
-    key = "|".join(
-        (instance_id, format_time(begin_time), format_time(end_time), relate_pkg_instance or "")
+    return _metering_sn(
+        instance_id, format_time(begin_time), format_time(end_time), relate_pkg_instance
     )
+
+
+def _metering_sn(
+    instance_id: str, begin_text: str, end_text: str, relate_pkg_instance: str | None
+) -> str:
+    """``metering_sn_for`` from the window already in compact form."""
+    key = "|".join((instance_id, begin_text, end_text, relate_pkg_instance or ""))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
@@ -158,7 +211,9 @@ class UsageRecord(BaseModel):
     :class:`~koogallery.errors.RecordValidationError` naming the field.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=False, defer_build=True
+    )
 
     instance_id: str = Field(min_length=1, max_length=64)
     begin_time: datetime
@@ -211,11 +266,31 @@ class UsageRecord(BaseModel):
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, now: datetime | None = None) -> UsageRecord:
-        """Validate ``data``; ``now`` pins the clock for the future and 21-day rules."""
+        """Validate ``data``; ``now`` pins the clock for the future and 21-day rules.
+
+        A plain record passes the direct checks of ``_checked_fields``; any other goes through
+        ``model_validate``, which builds the same record or names what is wrong.
+        """
+        fields = _checked_fields(data, now)
+        if fields is not None:
+            return cls._from_checked(fields, set(data))
+
         try:
             return cls.model_validate(data, context={"now": now})
         except ValidationError as error:
             raise _record_error(error) from None
+
+    @classmethod
+    def _from_checked(cls, fields: dict[str, Any], fields_set: set[str]) -> UsageRecord:
+        """Build a record from values that already passed every rule, as ``model_construct``
+        does, minus its walk over every field's default: each value is already here, and
+        that walk costs more than all the checks together."""
+        record = cls.__new__(cls)
+        _object_setattr(record, "__dict__", fields)
+        _object_setattr(record, "__pydantic_fields_set__", fields_set)
+        _object_setattr(record, "__pydantic_extra__", None)
+        _object_setattr(record, "__pydantic_private__", None)
+        return record
 
     @property
     def sn(self) -> str:
@@ -229,22 +304,25 @@ class UsageRecord(BaseModel):
 
     def to_wire(self, usage_api: str = "v2", *, usage_entity: str = "times") -> dict[str, Any]:
         """The record as the chosen usage API variant expects it (snake or camel case)."""
-        record_time = format_time(self.record_time or self.end_time)
+        begin_time, end_time = format_time(self.begin_time), format_time(self.end_time)
+        record_time = end_time
+        if self.record_time is not None and self.record_time is not self.end_time:
+            record_time = format_time(self.record_time)
         value = format_usage_value(self.usage_value)
         if usage_api == "legacy":
             return {
                 "instanceId": self.instance_id,
                 "recordTime": record_time,
-                "beginTime": format_time(self.begin_time),
-                "endTime": format_time(self.end_time),
+                "beginTime": begin_time,
+                "endTime": end_time,
                 "usageEntity": {usage_entity: value},
             }
 
         wire: dict[str, Any] = {
             "instance_id": self.instance_id,
             "record_time": record_time,
-            "begin_time": format_time(self.begin_time),
-            "end_time": format_time(self.end_time),
+            "begin_time": begin_time,
+            "end_time": end_time,
             "usage_value": value,
         }
         if usage_api == "v2":
@@ -273,10 +351,134 @@ class UsageRecord(BaseModel):
 
 def _now_from(info: ValidationInfo) -> datetime:
     context = info.context or {}
-    now = context.get("now")
+    return _utc_now(context.get("now"))
+
+
+def _utc_now(now: object) -> datetime:
+    """The pinned ``now`` in UTC, or the clock's when none is pinned."""
     if isinstance(now, datetime):
         return now.astimezone(timezone.utc)
     return datetime.now(timezone.utc)
+
+
+_FIELD_NAMES = frozenset(UsageRecord.model_fields)
+_REQUIRED_FIELDS = ("instance_id", "begin_time", "end_time", "usage_value")
+_OPTIONAL_TEXT_FIELDS = ("metering_sn", "relate_pkg_instance", "product_id")
+_MAX_TEXT_LENGTH = 64
+_NUMBER_TYPES = (str, int, float, Decimal)
+
+
+def _checked_fields(data: Mapping[str, Any], now: datetime | None) -> dict[str, Any] | None:
+    """Every field of a plain, valid record, by direct checks; None means "ask pydantic".
+
+    Plain means: a dict of known fields, ASCII strings, time texts and a number (not a bool).
+    Each check is a rule ``model_validate`` applies, through the same functions (``parse_time``,
+    ``parse_usage_value``, the ``metering_sn`` key); whatever fails or looks unusual is left to
+    ``model_validate``, so the record or the error is always the one it would give.
+    """
+    if type(data) is not dict or not _FIELD_NAMES.issuperset(data):
+        return None
+
+    instance_id = data.get("instance_id")
+    begin = _known_time(data.get("begin_time"))
+    end = _known_time(data.get("end_time"))
+    usage_value = _known_usage_value(data.get("usage_value"))
+    if not _plain_text(instance_id) or begin is None or end is None or usage_value is None:
+        return None
+
+    record_time = end[0]
+    if len(data) > len(_REQUIRED_FIELDS):
+        if data.get("record_time") is not None:
+            given = _known_time(data["record_time"])
+            if given is None:
+                return None
+            record_time = given[0]
+        for name in _OPTIONAL_TEXT_FIELDS:
+            value = data.get(name)
+            if value is not None and not _plain_text(value):
+                return None
+
+    earliest_begin, latest_end = _time_window(now)
+    begin_time, end_time = begin[0], end[0]
+    if not earliest_begin <= begin_time <= end_time <= latest_end:
+        return None
+
+    relate_pkg_instance = data.get("relate_pkg_instance")
+    metering_sn = data.get("metering_sn")
+    if metering_sn is None:
+        metering_sn = _metering_sn(instance_id, begin[1], end[1], relate_pkg_instance)
+    return {
+        "instance_id": instance_id,
+        "begin_time": begin_time,
+        "end_time": end_time,
+        "record_time": record_time,
+        "usage_value": usage_value,
+        "metering_sn": metering_sn,
+        "relate_pkg_instance": relate_pkg_instance,
+        "product_id": data.get("product_id"),
+    }
+
+
+_last_window: tuple[datetime | None, datetime, datetime] = (None, datetime.min, datetime.min)
+
+
+def _time_window(now: datetime | None) -> tuple[datetime, datetime]:
+    """The earliest ``begin_time`` and the latest ``end_time`` the time rules allow at ``now``.
+
+    A batch is validated against one pinned ``now``; its window is worked out once for it
+    (unless ``now`` is naive: what it means depends on the machine's zone at the time).
+    """
+    pinned, earliest_begin, latest_end = _last_window
+    if now is None or pinned is not now:
+        moment = _utc_now(now)
+        earliest_begin, latest_end = moment - MAX_BEGIN_AGE, moment + CLOCK_SKEW
+        if now is not None and now.tzinfo is not None:
+            _remember_window(now, earliest_begin, latest_end)
+    return earliest_begin, latest_end
+
+
+def _remember_window(now: datetime, earliest_begin: datetime, latest_end: datetime) -> None:
+    global _last_window
+    _last_window = (now, earliest_begin, latest_end)
+
+
+def _plain_text(value: object) -> TypeGuard[str]:
+    """An ASCII ``str`` of 1 to 64 characters: pydantic would take it exactly as it is."""
+    return type(value) is str and value.isascii() and 0 < len(value) <= _MAX_TEXT_LENGTH
+
+
+def _known_time(value: object) -> tuple[datetime, str] | None:
+    """``parse_time`` of a time text and its compact form, remembered by the text; None when
+    the value is not a valid time text."""
+    if type(value) is not str:
+        return None
+
+    known = _times_by_text.get(value)
+    if known is None:
+        try:
+            moment = parse_time(value)
+        except (ValueError, OverflowError):
+            return None
+        known = (moment, format_time(moment))
+        _remember(_times_by_text, value, known)
+    return known
+
+
+def _known_usage_value(value: object) -> Decimal | None:
+    """``parse_usage_value`` of a string or a number; None when it refuses or is not one.
+
+    Most values are short decimal texts, which one pattern shows to be within every limit.
+    """
+    if type(value) is str and _PLAIN_USAGE_VALUE.fullmatch(value):
+        number = Decimal(value).normalize()
+        return number if number > 0 else None
+    if type(value) not in _NUMBER_TYPES:
+        return None
+
+    try:
+        return parse_usage_value(value)
+    except (ValueError, ArithmeticError):
+        return None
 
 
 def _record_error(error: ValidationError) -> RecordValidationError:
@@ -312,5 +514,14 @@ def usage_body(
 ) -> bytes:
     """The request body of one push, in the variant's envelope."""
     wire = [record.to_wire(usage_api, usage_entity=usage_entity) for record in records]
+    return wire_body(wire, usage_api)
+
+
+def wire_body(wire: list[dict[str, Any]], usage_api: str = "v2") -> bytes:
+    """The request body around records already in wire form (``UsageRecord.to_wire``).
+
+    A client renders each record once and reuses the form for every request that carries it:
+    a retry, or a half of a request split to isolate a rejected record.
+    """
     envelope = "usageRecords" if usage_api == "legacy" else "usage_records"
     return canonical_json({envelope: wire})
