@@ -438,3 +438,43 @@ def test_invalid_setting_names_the_environment_variable_without_its_value() -> N
 
     assert str(caught.value).startswith("invalid configuration: KOOGALLERY_CHUNK_SIZE:")
     assert "5000" not in str(caught.value)
+
+
+def test_a_200_without_koogallerys_success_code_is_retried_never_counted_accepted() -> None:
+    answers = iter(
+        [
+            httpx.Response(200, text="<html>proxy login</html>"),
+            httpx.Response(200, json={"error_code": "MKT.0000", "error_msg": "success"}),
+        ]
+    )
+    sent: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return next(answers)
+
+    settings = Settings(
+        endpoint="http://127.0.0.1:9",
+        access_key="FAKEAK0000000000",
+        secret_key="fake-sk",
+        seller_key="fake-seller-key",
+    )
+    with KooGalleryClient(
+        settings, transport=httpx.MockTransport(answer), sleep=lambda _: None
+    ) as client:
+        result = client.push_usage(_records(2))
+
+    assert [attempt.http_status for attempt in result.attempts] == [200, 200]
+    assert sent[0] == sent[1]
+    assert [outcome.status for outcome in result.outcomes] == [Status.ACCEPTED] * 2
+
+
+def test_the_eu_site_never_fails_over_outside_the_eu() -> None:
+    assert Settings(site="eu").endpoints == ("https://mkt-euro.myhuaweicloud.com",)
+
+
+def test_plain_http_is_refused_for_a_host_that_is_not_loopback() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"KOOGALLERY_ENDPOINT": "http://mkt.example.invalid"}.get)
+
+    assert "plain http is allowed only for 127.0.0.1, ::1 or localhost" in str(caught.value)

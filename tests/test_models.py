@@ -241,3 +241,23 @@ def test_legacy_body_is_camel_case_with_a_usage_entity() -> None:
 def test_format_usage_value_never_uses_an_exponent() -> None:
     assert format_usage_value(Decimal("1E+7")) == "10000000"
     assert format_usage_value(Decimal("1E-4")) == "0.0001"
+
+
+def test_a_value_longer_than_decimal_precision_is_refused_not_rounded() -> None:
+    error = _error(usage_value="0.99999999999999999999999999999")
+
+    assert str(error) == "usage_value: has 29 decimal places, at most 4 are allowed"
+
+
+def test_trailing_zeros_do_not_count_as_decimal_places() -> None:
+    record = UsageRecord.parse(_record(usage_value="12.5000000"), now=NOW)
+
+    assert record.to_wire()["usage_value"] == "12.5"
+
+
+@pytest.mark.parametrize("record_time", ["2099-01-01T00:00:00Z", "2026-12-04T07:59:59Z"])
+def test_record_time_outside_begin_time_and_now_is_refused(record_time: str) -> None:
+    error = _error(record_time=record_time)
+
+    assert error.field == "record_time"
+    assert "must lie between begin_time 20261204T080000Z and now" in str(error)

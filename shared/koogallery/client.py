@@ -394,6 +394,12 @@ class KooGalleryClient:
                 )
             except httpx.ConnectError as error:
                 self._audit(result, started, endpoint, count, clock, None, None, None, error)
+                if _is_tls_failure(error):
+                    raise ConfigurationError(
+                        f"TLS verification of {endpoint} failed ({error}); check the system's "
+                        "CA certificates (SSL_CERT_FILE) or KOOGALLERY_ENDPOINT; another host "
+                        "is not tried, since a certificate problem is not an outage"
+                    ) from None
                 if self._endpoint_index + 1 < len(self.settings.endpoints):
                     self._endpoint_index += 1
                     logger.warning(
@@ -465,6 +471,16 @@ def _tls_context(verify: bool, cert_file: str | None, cert_dir: str | None) -> s
     return httpx.create_ssl_context(verify=verify)
 
 
+def _is_tls_failure(error: BaseException) -> bool:
+    """Whether a connection failed on the certificate, not on reaching the host."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _auth_for(settings: Settings) -> SigningChain:
     """The body signature (v2 only) first, then APIG's, which then covers its headers too."""
     assert settings.access_key is not None and settings.secret_key is not None
@@ -516,8 +532,13 @@ def _classify(
 ) -> _Answer:
     """Decide what an answer means. The platform's code wins over the HTTP status: KooGallery
     sends some input errors (``MKT.0100``, ``MKT.9001``) with status 500."""
-    if status == 200 and code in (None, "MKT.0000"):
+    if status == 200 and code == "MKT.0000":
         return _Answer("accepted", code, duplicates=_duplicate_indexes(response))
+    if 200 <= status < 300:
+        # A success status without KooGallery's success code (a proxy's page, an empty body)
+        # proves nothing was stored: send the same body again, which is safe.
+        detail = code or "no error_code in the answer"
+        return _Answer("transient", code, f"HTTP {status} without MKT.0000 ({detail})")
 
     if code in _CONFIGURATION_CODES:
         raise AuthenticationError(

@@ -42,8 +42,10 @@ FALLBACK_ENDPOINT = "https://mkt.myhuaweicloud.cn"
 SITE_ENDPOINTS: Mapping[str, tuple[str, ...]] = {
     "cn": ("https://mkt.myhuaweicloud.com", FALLBACK_ENDPOINT),
     "intl": ("https://mkt-intl.myhuaweicloud.com", FALLBACK_ENDPOINT),
-    "eu": ("https://mkt-euro.myhuaweicloud.com", FALLBACK_ENDPOINT),
+    "eu": ("https://mkt-euro.myhuaweicloud.com",),
 }
+"""KooGallery's documents name the China fallback for the China and international sites only;
+EU usage never fails over to a host outside the EU."""
 
 USAGE_PATHS: Mapping[str, str] = {
     "v2": "/api/mkp-openapi-public/global/v1/isv/usage-data",

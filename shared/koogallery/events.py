@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 __all__ = [
+    "APIG_KEYS",
     "EventFormatError",
     "Message",
     "Origin",
@@ -49,7 +50,7 @@ _QUEUE_TRIGGERS = ("KAFKA", "OPENSOURCEKAFKA", "ROCKETMQ", "RABBITMQ")
 _SOURCE_KEYS = {"RABBITMQ": ("exchange", "queue")}
 """Where a queue record names its source; RabbitMQ payloads are seen with either key."""
 
-_APIG_KEYS = frozenset({"requestContext", "httpMethod", "isBase64Encoded"})
+APIG_KEYS = frozenset({"requestContext", "httpMethod", "isBase64Encoded"})
 
 _MAX_SAMPLE_HOURS = 48
 
@@ -174,7 +175,7 @@ def parse_trigger_event(event: object) -> TriggerBatch:
         return _parse_smn_event(event)
     if "StreamName" in event or "ShardID" in event:
         return _parse_dis_event(event)
-    if _APIG_KEYS.intersection(event):
+    if APIG_KEYS.intersection(event):
         return _parse_apig_event(event)
     if "usage_records" in event or "instance_id" in event:
         return _parse_direct_event(event)

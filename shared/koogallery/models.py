@@ -160,16 +160,24 @@ def parse_usage_value(value: object) -> Decimal:
         raise ValueError("must be a finite number")
     if number <= 0:
         raise ValueError(f"must be greater than 0, got {format_usage_value(number)}")
-    normalized = number.normalize()
-    exponent = normalized.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if exponent < -_MAX_DECIMAL_PLACES:
-        raise ValueError(
-            f"has {-exponent} decimal places, at most {_MAX_DECIMAL_PLACES} are allowed"
-        )
-    if normalized.adjusted() >= _MAX_INTEGER_DIGITS:
+    places = _decimal_places(number)
+    if places > _MAX_DECIMAL_PLACES:
+        raise ValueError(f"has {places} decimal places, at most {_MAX_DECIMAL_PLACES} are allowed")
+    if number.adjusted() >= _MAX_INTEGER_DIGITS:
         raise ValueError(f"has more than {_MAX_INTEGER_DIGITS} integer digits")
-    return normalized
+    return number.normalize()
+
+
+def _decimal_places(number: Decimal) -> int:
+    """Significant decimal places, counted on the digits as given: ``normalize`` would round a
+    value longer than the context's precision (28 digits) before it could be counted."""
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    index = len(digits)
+    while index > 0 and digits[index - 1] == 0 and exponent < 0:
+        index -= 1
+        exponent += 1
+    return max(0, -exponent)
 
 
 def format_usage_value(value: Decimal) -> str:
@@ -247,7 +255,15 @@ class UsageRecord(BaseModel):
         now = _now_from(info)
         if self.end_time > now + CLOCK_SKEW:
             raise ValueError(
-                f"end_time {format_time(self.end_time)} is in the future (now {format_time(now)})"
+                f"end_time {format_time(self.end_time)} is in the future (more than 5 minutes "
+                "ahead of this machine's clock)"
+            )
+        if self.record_time is not None and not (
+            self.begin_time <= self.record_time <= now + CLOCK_SKEW
+        ):
+            raise ValueError(
+                f"record_time {format_time(self.record_time)} must lie between begin_time "
+                f"{format_time(self.begin_time)} and now"
             )
         if self.begin_time < now - MAX_BEGIN_AGE:
             raise ValueError(
@@ -401,6 +417,8 @@ def _checked_fields(data: Mapping[str, Any], now: datetime | None) -> dict[str, 
     earliest_begin, latest_end = _time_window(now)
     begin_time, end_time = begin[0], end[0]
     if not earliest_begin <= begin_time <= end_time <= latest_end:
+        return None
+    if record_time is not end_time and not begin_time <= record_time <= latest_end:
         return None
 
     relate_pkg_instance = data.get("relate_pkg_instance")

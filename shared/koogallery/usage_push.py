@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 from koogallery.client import KooGalleryClient
 from koogallery.config import Settings
 from koogallery.errors import TransientError
-from koogallery.events import _APIG_KEYS as APIG_KEYS
-from koogallery.events import EventFormatError, parse_trigger_event
+from koogallery.events import APIG_KEYS, EventFormatError, parse_trigger_event
 from koogallery.functiongraph import (
     deadline_from_context,
     http_response,
