@@ -27,6 +27,9 @@ from koogallery.events import RawRecord
 
 __all__ = ["main"]
 
+_SHOWN_DEAD_LETTERS = 20
+"""Dead letters listed in the summary table; ``--dead-letters FILE`` receives all of them."""
+
 _EXIT_OK = 0
 _EXIT_INCOMPLETE = 1
 _EXIT_USAGE = 2
@@ -237,17 +240,17 @@ class _DeadLetterSink:
         self._kept = 0
 
     def write(self, summary: Any) -> None:
-        if self._stream is not None:
-            for letter in summary.dead_letters:
-                self._stream.write(json.dumps({**letter.to_dict(), "raw": letter.raw}) + "\n")
-            summary.dead_letters = summary.dead_letters[: max(0, 20 - self._kept)]
-        else:
-            summary.dead_letters = summary.dead_letters[: max(0, 20 - self._kept)]
+        """Write every dead letter of a batch; keep only the first few for the final table."""
+        self._write_all(summary.dead_letters)
+        summary.dead_letters = summary.dead_letters[: max(0, _SHOWN_DEAD_LETTERS - self._kept)]
         self._kept += len(summary.dead_letters)
 
     def write_outbox(self, outbox: Any) -> None:
+        self._write_all(outbox.dead_letters)
+
+    def _write_all(self, letters: Any) -> None:
         if self._stream is not None:
-            for letter in outbox.dead_letters:
+            for letter in letters:
                 self._stream.write(json.dumps({**letter.to_dict(), "raw": letter.raw}) + "\n")
 
     def close(self) -> None:
