@@ -570,3 +570,14 @@ def test_the_outbox_dead_letters_a_pending_record_that_grew_too_old(
     assert letter.origin.trigger == "OUTBOX"
     assert letter.reason == "begin_time: expired, more than 21 days old (MKT.9004); never pushed"
     assert emulator.state.requests == ()
+
+
+def test_a_message_that_is_not_a_string_is_dead_lettered_alone(emulator: Emulator) -> None:
+    event = _kafka(_good(hours_back=4), _good(hours_back=3))
+    event["records"][0]["messages"].insert(1, 12345)
+
+    result = handler(event, _context(emulator))
+
+    assert (result["received"], result["accepted"], result["dead_lettered"]) == (3, 2, 1)
+    (letter,) = result["dead_letters"]
+    assert (letter["raw"], letter["origin"]["index"]) == ("12345", 1)

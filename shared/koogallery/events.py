@@ -248,7 +248,7 @@ def _parse_queue_event(event: dict[Any, Any]) -> TriggerBatch:
         source = _queue_source(trigger, record, where)
         bodies = _list_at(record, "messages", trigger, f"{where}.messages")
         for message_index, body in enumerate(bodies):
-            text = _text(body, trigger, f"{where}.messages[{message_index}]")
+            text = _message_text(body)
             origin = Origin(trigger, source, len(messages), record_index, message_index)
             messages.append(Message(origin, text))
 
@@ -290,7 +290,10 @@ def _parse_smn_event(event: dict[Any, Any]) -> TriggerBatch:
         notification = record.get("smn", _MISSING)
         if not isinstance(notification, dict):
             raise _wrong_type(trigger, f"{where}.smn", notification, "an object")
-        body = _text(notification.get("message", _MISSING), trigger, f"{where}.smn.message")
+        message = notification.get("message", _MISSING)
+        if message is _MISSING:
+            raise _wrong_type(trigger, f"{where}.smn.message", message, "a string")
+        body = _message_text(message)
         origin = Origin(
             trigger,
             _optional_text(notification.get("topic_urn"), trigger, f"{where}.smn.topic_urn"),
@@ -377,6 +380,15 @@ def _list_at(container: dict[Any, Any], key: str, trigger: str, path: str) -> li
     if not isinstance(value, list):
         raise _wrong_type(trigger, path, value, "an array")
     return value
+
+
+def _message_text(value: object) -> str:
+    """A queue message as text. Messages are strings; anything else is kept as its JSON text
+    rather than failing the whole batch: the next step reads it as a usage message or
+    dead-letters it alone, and every good message beside it is still pushed."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _text(value: object, trigger: str, path: str) -> str:
