@@ -162,6 +162,31 @@ class _Answer:
     duplicates: frozenset[int] = frozenset()
 
 
+@dataclass
+class _Push:
+    """The state of one ``push_usage`` call, so the client itself keeps none between calls."""
+
+    records: Sequence[UsageRecord]
+    deadline: float | None
+    observer: PushObserver | None
+    result: PushResult = field(default_factory=PushResult)
+    wires: dict[int, dict[str, Any]] = field(default_factory=dict)
+    outcomes: list[RecordOutcome | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.records)
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """Where and when one HTTP request went, for its audit line."""
+
+    started_at: datetime
+    endpoint: str
+    record_count: int
+    clock: float
+
+
 class KooGalleryClient:
     """Pushes usage records to KooGallery over one pooled HTTP connection per endpoint.
 
@@ -225,137 +250,104 @@ class KooGalleryClient:
         refuses the credentials or signature; outcomes settled before that were already
         reported to the observer (``observer`` replaces the client's own for this call).
         """
-        if observer is not None:
-            previous, self._observer = self._observer, observer
-            try:
-                return self.push_usage(records, deadline=deadline)
-            finally:
-                self._observer = previous
-        result = PushResult()
-        outcomes: list[RecordOutcome | None] = [None] * len(records)
-        wires = self._render_check(records, outcomes)
-        sendable = list(wires)
+        push = _Push(records, deadline, observer or self._observer)
+        sendable = self._render_check(push)
 
         stopped: str | None = None
         size = self.settings.chunk_size
         for start in range(0, len(sendable), size):
             chunk = sendable[start : start + size]
             if stopped is None:
-                stopped = self._deliver(records, wires, chunk, outcomes, result, deadline)
+                stopped = self._deliver(push, chunk)
             else:
-                self._settle(records, chunk, outcomes, result, Status.PENDING, reason=stopped)
+                self._settle(push, chunk, Status.PENDING, reason=stopped)
 
-        result.outcomes = [outcome for outcome in outcomes if outcome is not None]
-        return result
+        push.result.outcomes = [outcome for outcome in push.outcomes if outcome is not None]
+        return push.result
 
-    def _render_check(
-        self, records: Sequence[UsageRecord], outcomes: list[RecordOutcome | None]
-    ) -> dict[int, dict[str, Any]]:
-        """Each sendable record's wire form by its index, rendered once for every request that
-        carries it; a record the API variant cannot carry (v1 needs ``product_id``) is
-        dead-lettered instead."""
+    def _render_check(self, push: _Push) -> list[int]:
+        """Render each record's wire form once, for every request that carries it; a record
+        the API variant cannot carry (v1 needs ``product_id``) is dead-lettered instead.
+        Returns the indexes of the records to send."""
         usage_api, usage_entity = self.settings.usage_api, self.settings.usage_entity
-        wires: dict[int, dict[str, Any]] = {}
-        for index, record in enumerate(records):
+        for index, record in enumerate(push.records):
             try:
-                wires[index] = record.to_wire(usage_api, usage_entity=usage_entity)
+                push.wires[index] = record.to_wire(usage_api, usage_entity=usage_entity)
             except RecordValidationError as error:
-                outcome = RecordOutcome(record, Status.DEAD_LETTERED, reason=str(error))
-                outcomes[index] = outcome
-                self._report([outcome])
-        return wires
+                self._settle(push, [index], Status.DEAD_LETTERED, reason=str(error))
+        return list(push.wires)
 
-    def _deliver(
-        self,
-        records: Sequence[UsageRecord],
-        wires: dict[int, dict[str, Any]],
-        chunk: list[int],
-        outcomes: list[RecordOutcome | None],
-        result: PushResult,
-        deadline: float | None,
-    ) -> str | None:
+    def _deliver(self, push: _Push, chunk: list[int]) -> str | None:
         """Send one chunk, halving it on permanent errors; returns why it stopped, if it did."""
         parts = [chunk]
         while parts:
             part = parts.pop()
-            answer = self._send(wires, part, result, deadline)
+            answer = self._send(push, part)
 
             if answer.kind == "accepted":
-                for position, index in enumerate(part):
-                    duplicate = position in answer.duplicates
-                    outcomes[index] = RecordOutcome(
-                        records[index],
-                        Status.DUPLICATE if duplicate else Status.ACCEPTED,
-                        reason="already held by KooGallery" if duplicate else None,
-                    )
-                self._report([outcomes[index] for index in part])
+                held = answer.duplicates
+                self._settle(
+                    push,
+                    [index for at, index in enumerate(part) if at not in held],
+                    Status.ACCEPTED,
+                )
+                self._settle(
+                    push,
+                    [index for at, index in enumerate(part) if at in held],
+                    Status.DUPLICATE,
+                    reason="already held by KooGallery",
+                )
             elif answer.kind == "permanent" and len(part) > 1:
                 middle = len(part) // 2
                 parts.extend((part[middle:], part[:middle]))
             elif answer.kind == "permanent":
                 reason = f"{answer.error_code} {answer.message}"
-                self._settle(
-                    records,
-                    part,
-                    outcomes,
-                    result,
-                    Status.DEAD_LETTERED,
-                    reason,
-                    answer.error_code,
-                )
+                self._settle(push, part, Status.DEAD_LETTERED, reason, answer.error_code)
             else:
                 reason = answer.message or "transient failure"
                 for rest in (part, *parts):
-                    self._settle(
-                        records, rest, outcomes, result, Status.PENDING, reason, answer.error_code
-                    )
+                    self._settle(push, rest, Status.PENDING, reason, answer.error_code)
                 return reason
         return None
 
     def _settle(
         self,
-        records: Sequence[UsageRecord],
+        push: _Push,
         part: list[int],
-        outcomes: list[RecordOutcome | None],
-        result: PushResult,
         status: Status,
-        reason: str | None,
+        reason: str | None = None,
         error_code: str | None = None,
     ) -> None:
-        settled = [RecordOutcome(records[index], status, reason, error_code) for index in part]
+        """Record the fate of ``part`` and tell the observer at once."""
+        if not part:
+            return
+        settled = [
+            RecordOutcome(push.records[index], status, reason, error_code) for index in part
+        ]
         for index, outcome in zip(part, settled, strict=True):
-            outcomes[index] = outcome
-        self._report(settled)
+            push.outcomes[index] = outcome
+        if push.observer is not None:
+            push.observer.on_outcomes(settled)
 
-    def _report(self, outcomes: Sequence[RecordOutcome | None]) -> None:
-        if self._observer is not None:
-            self._observer.on_outcomes([outcome for outcome in outcomes if outcome is not None])
-
-    def _send(
-        self,
-        wires: dict[int, dict[str, Any]],
-        part: list[int],
-        result: PushResult,
-        deadline: float | None,
-    ) -> _Answer:
+    def _send(self, push: _Push, part: list[int]) -> _Answer:
         """Send one request body until it gets a definite answer or retrying must stop."""
-        body = wire_body([wires[index] for index in part], self.settings.usage_api)
+        body = wire_body([push.wires[index] for index in part], self.settings.usage_api)
         answer = _Answer("transient", message="not sent")
         attempt = 0
         while attempt < self.settings.max_attempts:
-            timeout = self._time_left(deadline)
+            timeout = self._time_left(push.deadline)
             if timeout is not None and timeout <= 0:
                 return _Answer("transient", message="deadline reached before the request")
             attempt += 1
 
-            answer, retry_after = self._exchange(body, len(part), result, timeout)
+            answer, retry_after = self._exchange(push, body, len(part), timeout)
             if answer.kind != "transient":
                 return answer
             if attempt >= self.settings.max_attempts:
                 break
 
             delay = self._backoff(attempt, retry_after)
-            left = self._time_left(deadline)
+            left = self._time_left(push.deadline)
             if left is not None and delay >= left:
                 return _Answer("transient", answer.error_code, f"{answer.message}; no time left")
             self._sleep(delay)
@@ -377,7 +369,7 @@ class KooGalleryClient:
         return ceiling / 2 + self._rng() * ceiling / 2
 
     def _exchange(
-        self, body: bytes, count: int, result: PushResult, timeout: float | None
+        self, push: _Push, body: bytes, count: int, timeout: float | None
     ) -> tuple[_Answer, float | None]:
         """One POST, failing over to the next endpoint when a host cannot be reached."""
         while True:
@@ -393,7 +385,7 @@ class KooGalleryClient:
                     else min(timeout, self.settings.timeout_seconds),
                 )
             except httpx.ConnectError as error:
-                self._audit(result, started, endpoint, count, clock, None, None, None, error)
+                self._audit(push, _Exchange(started, endpoint, count, clock), error=error)
                 if _is_tls_failure(error):
                     raise ConfigurationError(
                         f"TLS verification of {endpoint} failed ({error}); check the system's "
@@ -409,40 +401,39 @@ class KooGalleryClient:
                     continue
                 return _Answer("transient", message=f"cannot connect: {error}"), None
             except httpx.TransportError as error:
-                self._audit(result, started, endpoint, count, clock, None, None, None, error)
+                self._audit(push, _Exchange(started, endpoint, count, clock), error=error)
                 kind = type(error).__name__
                 return _Answer("transient", message=f"{kind}: {error}"), None
 
             code, message = _error_fields(response)
             request_id = response.headers.get("X-Request-Id")
-            self._audit(
-                result, started, endpoint, count, clock, response.status_code, code, request_id
-            )
+            exchange = _Exchange(started, endpoint, count, clock)
+            self._audit(push, exchange, response.status_code, code, request_id)
             return _classify(response.status_code, code, message, response), _retry_after(response)
 
     def _audit(
         self,
-        result: PushResult,
-        started: datetime,
-        endpoint: str,
-        count: int,
-        clock: float,
-        status: int | None,
-        code: str | None,
-        request_id: str | None,
+        push: _Push,
+        exchange: _Exchange,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        *,
         error: Exception | None = None,
     ) -> None:
+        """Keep the attempt in the result, log it, and tell the observer."""
+        endpoint, count = exchange.endpoint, exchange.record_count
         attempt = Attempt(
-            started_at=started,
+            started_at=exchange.started_at,
             endpoint=endpoint,
             record_count=count,
-            latency_ms=round((time.perf_counter() - clock) * 1000, 3),
+            latency_ms=round((time.perf_counter() - exchange.clock) * 1000, 3),
             http_status=status,
             error_code=code,
             request_id=request_id,
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
-        result.attempts.append(attempt)
+        push.result.attempts.append(attempt)
         logger.info(
             "usage push attempt",
             extra={
@@ -456,8 +447,8 @@ class KooGalleryClient:
                 "error": attempt.error,
             },
         )
-        if self._observer is not None:
-            self._observer.on_attempt(attempt)
+        if push.observer is not None:
+            push.observer.on_attempt(attempt)
 
 
 @functools.lru_cache(maxsize=4)
