@@ -36,9 +36,33 @@ BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 _HOURLY_DELAY = timedelta(minutes=15)
 _DAILY_DELAY = timedelta(hours=1)
 
+_CACHE_SIZE = 4096
+"""Distinct window ends remembered. Every record of a claim is checked for lateness, and a
+batch shares a few hundred window ends; when the cache is full it starts again, which bounds
+its memory whatever the input."""
+
+_moments: dict[tuple[datetime, str], datetime] = {}
+
 
 def collection_moment(end_time: datetime, billing_mode: BillingMode) -> datetime:
-    """When KooGallery collects the usage of a window ending at ``end_time`` (in UTC)."""
+    """When KooGallery collects the usage of a window ending at ``end_time`` (in UTC).
+
+    Remembered for aware times, which name one instant whatever their zone; a naive time is
+    worked out every time, since what it means depends on the machine's zone.
+    """
+    if end_time.tzinfo is None or end_time.utcoffset() is None:
+        return _collection_moment(end_time, billing_mode)
+    key = (end_time, billing_mode)
+    moment = _moments.get(key)
+    if moment is None:
+        moment = _collection_moment(end_time, billing_mode)
+        if len(_moments) >= _CACHE_SIZE:
+            _moments.clear()
+        _moments[key] = moment
+    return moment
+
+
+def _collection_moment(end_time: datetime, billing_mode: BillingMode) -> datetime:
     if billing_mode == "hourly":
         period_end = _ceil(end_time.astimezone(timezone.utc), timedelta(hours=1))
         return period_end + _HOURLY_DELAY

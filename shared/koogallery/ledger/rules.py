@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 from koogallery.client import RecordOutcome, Status
+from koogallery.errors import RecordValidationError
 from koogallery.ledger.base import Claim, RecordStatus
 from koogallery.ledger.cutoffs import BillingMode, is_late
 from koogallery.models import MAX_BEGIN_AGE, UsageRecord, canonical_json, parse_time
@@ -53,6 +54,13 @@ Window = tuple[str, datetime, datetime]
 
 _DELIVERED = (Status.ACCEPTED, Status.DUPLICATE)
 _RANK = {Status.PENDING: 0, Status.DEAD_LETTERED: 1, Status.ACCEPTED: 2, Status.DUPLICATE: 2}
+_STORED_AS = {status: RecordStatus(status.value) for status in _DELIVERED}
+
+_CACHE_SIZE = 4096
+"""Distinct ``begin_time`` texts remembered when rebuilding records; when full, the cache
+starts again, which bounds its memory whatever the input."""
+
+_judged_at_by_text: dict[str, datetime] = {}
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,32 @@ def rebuild_record(stored: Mapping[str, Any]) -> UsageRecord:
     plus 21 days, every record that passed once passes again: its ``begin_time`` is then
     exactly 21 days old, and its ``end_time`` could not lie more than 21 days (and the clock
     skew) after its ``begin_time`` when it was first accepted.
+
+    A stored copy is plain, so :meth:`UsageRecord.parse` takes its fast path, which builds the
+    record ``model_validate`` would; should a copy ever fail, ``model_validate`` raises its own
+    error, as it always has.
     """
-    moment = parse_time(stored["begin_time"]) + MAX_BEGIN_AGE
-    return UsageRecord.model_validate(dict(stored), context={"now": moment})
+    moment = _judged_at(stored["begin_time"])
+    data = dict(stored)
+    try:
+        return UsageRecord.parse(data, now=moment)
+    except RecordValidationError:
+        return UsageRecord.model_validate(data, context={"now": moment})
+
+
+def _judged_at(begin_time: object) -> datetime:
+    """``begin_time`` plus 21 days, remembered by its text: the records of a batch share a few
+    window starts, and one moment object for all of them also lets ``UsageRecord.parse`` reuse
+    the limits it worked out for the previous record."""
+    if type(begin_time) is not str:
+        return parse_time(begin_time) + MAX_BEGIN_AGE
+    moment = _judged_at_by_text.get(begin_time)
+    if moment is None:
+        moment = parse_time(begin_time) + MAX_BEGIN_AGE
+        if len(_judged_at_by_text) >= _CACHE_SIZE:
+            _judged_at_by_text.clear()
+        _judged_at_by_text[begin_time] = moment
+    return moment
 
 
 def same_content(incoming: UsageRecord, stored: UsageRecord) -> bool:
@@ -183,13 +214,19 @@ def new_rows(
     holds for both keys.
     """
     rows = []
-    for record in sorted(firsts.values(), key=lambda record: (*window_of(record), record.sn)):
-        if is_expired(record.begin_time, now):
+    oldest_begin = now - MAX_BEGIN_AGE
+    for record in sorted(firsts.values(), key=_insert_order):
+        if record.begin_time < oldest_begin:
             row = NewRow(record, RecordStatus.DEAD_LETTERED, EXPIRED_REASON, now, None, None)
         else:
             row = NewRow(record, RecordStatus.PENDING, None, None, owner, lease_until)
         rows.append(row)
     return rows
+
+
+def _insert_order(record: UsageRecord) -> tuple[str, datetime, datetime, str]:
+    """The usage window, then ``metering_sn``: see :func:`new_rows`."""
+    return (record.instance_id, record.begin_time, record.end_time, record.sn)
 
 
 def plan_claim(
@@ -360,15 +397,16 @@ def plan_settle(outcomes: Sequence[RecordOutcome]) -> SettlePlan:
     """
     strongest: dict[str, RecordOutcome] = {}
     for outcome in outcomes:
-        known = strongest.get(outcome.record.sn)
+        sn = outcome.record.sn
+        known = strongest.get(sn)
         if known is None or _RANK[outcome.status] > _RANK[known.status]:
-            strongest[outcome.record.sn] = outcome
+            strongest[sn] = outcome
 
     plan = SettlePlan()
     for sn in sorted(strongest):
         outcome = strongest[sn]
         if outcome.status in _DELIVERED:
-            plan.delivered.append((sn, RecordStatus(outcome.status.value)))
+            plan.delivered.append((sn, _STORED_AS[outcome.status]))
         elif outcome.status is Status.DEAD_LETTERED:
             plan.dead.append((sn, failure_text(outcome)))
         else:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from koogallery.ledger.cutoffs import BillingMode
 from koogallery.ledger.migrations import MIGRATIONS, Migration
@@ -34,6 +34,17 @@ __all__ = ["SqliteLedger"]
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _WAL_RETRY_SECONDS = 0.02
+
+_TIME_CACHE_SIZE = 4096
+"""Distinct moments and time texts remembered. A batch shares a few hundred window boundaries
+and one ``now`` across thousands of rows, so a small cache answers nearly every lookup; when it
+is full it starts again, which bounds its memory whatever the input."""
+
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
+
+_texts_by_moment: dict[datetime, str] = {}
+_moments_by_text: dict[str, datetime] = {}
 
 
 class _SqliteTransaction:
@@ -143,22 +154,37 @@ class SqliteLedger(SqlLedger):
         query = f"SELECT metering_sn FROM usage_records WHERE {condition}"  # noqa: S608
         existing = {sn for (sn,) in tx.rows(query, (values,))}
         unseen = [row for row in rows if row.record.sn not in existing]
-        held = self._held_windows(tx, [window_of(row.record) for row in unseen])
+        keys = [self._window_key(window_of(row.record)) for row in unseen]
+        held = self._held_windows(tx, keys)
 
         fresh = []
-        for row in unseen:
-            window = self._window_key(window_of(row.record))
+        for row, window in zip(unseen, keys, strict=True):
             if window not in held:
                 held.add(window)
                 fresh.append(row)
         self._insert_rows(tx, fresh, now=now)
         return {row.record.sn for row in fresh}
 
-    def _held_windows(self, tx: Transaction, windows: Sequence[Window]) -> set[tuple[str, ...]]:
-        """Which of ``windows`` a stored row holds, as :meth:`_window_key` gives them."""
-        if not windows:
+    def _maybe_missing(self, tx: Transaction, sns: Sequence[str]) -> Sequence[str] | None:
+        """One query that returns only the absent ``metering_sn`` values: in the usual settle,
+        none, so nothing is fetched. Inside ``BEGIN IMMEDIATE`` no other writer can add one
+        before the insert."""
+        if not sns:
+            return []
+        found = tx.rows(
+            "SELECT value FROM json_each(?) WHERE NOT EXISTS "
+            "(SELECT 1 FROM usage_records WHERE metering_sn = value) ORDER BY key",
+            (json.dumps(list(sns)),),
+        )
+        return [sn for (sn,) in found]
+
+    def _held_windows(
+        self, tx: Transaction, keys: Sequence[tuple[str, ...]]
+    ) -> set[tuple[str, ...]]:
+        """Which of the windows (as :meth:`_window_key` gives them) a stored row holds."""
+        if not keys:
             return set()
-        condition, values = self._in_windows(windows)
+        condition, values = self._in_window_keys(keys)
         query = (
             "SELECT instance_id, begin_time, end_time FROM usage_records "  # noqa: S608
             f"WHERE window_rank = 0 AND {condition}"
@@ -173,22 +199,55 @@ class SqliteLedger(SqlLedger):
 
     def _in_windows(self, windows: Sequence[Window]) -> tuple[str, Sequence[object]]:
         """One JSON array of ``[instance_id, begin_time, end_time]`` triples, times as stored."""
+        return self._in_window_keys([self._window_key(window) for window in windows])
+
+    def _in_window_keys(self, keys: Sequence[tuple[str, ...]]) -> tuple[str, Sequence[object]]:
+        """:meth:`_in_windows` for windows already in their stored form."""
         condition = (
             "(instance_id, begin_time, end_time) IN (SELECT json_extract(value, '$[0]'), "
             "json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))"
         )
-        return condition, (json.dumps([self._window_key(window) for window in windows]),)
+        return condition, (json.dumps(keys),)
 
     def _window_key(self, window: Window) -> tuple[str, ...]:
         """A usage window as its columns hold it."""
         instance_id, begin_time, end_time = window
-        return (instance_id, str(self._db_time(begin_time)), str(self._db_time(end_time)))
+        return (instance_id, _time_text(begin_time), _time_text(end_time))
 
     def _db_time(self, moment: datetime) -> object:
-        return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+        return _time_text(moment)
 
     def _read_time(self, value: Any) -> datetime:
-        return datetime.strptime(str(value), _TIME_FORMAT).replace(tzinfo=timezone.utc)
+        if type(value) is not str:
+            return _parse_time_text(str(value))
+        moment = _moments_by_text.get(value)
+        if moment is None:
+            moment = _parse_time_text(value)
+            _remember(_moments_by_text, value, moment)
+        return moment
 
     def _read_json(self, value: Any) -> Any:
         return json.loads(value)
+
+
+def _time_text(moment: datetime) -> str:
+    """A moment as stored. A UTC moment is formatted once and remembered: every row of a batch
+    repeats ``now`` and shares its window boundaries with many others. Other moments are
+    converted every time, since a naive one means whatever the machine's zone says."""
+    if moment.tzinfo is not timezone.utc or type(moment) is not datetime:
+        return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+    text = _texts_by_moment.get(moment)
+    if text is None:
+        text = moment.strftime(_TIME_FORMAT)
+        _remember(_texts_by_moment, moment, text)
+    return text
+
+
+def _parse_time_text(text: str) -> datetime:
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+def _remember(cache: dict[_Key, _Value], key: _Key, value: _Value) -> None:
+    if len(cache) >= _TIME_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
