@@ -38,7 +38,7 @@ from koogallery.pipeline import Summary, UsagePipeline
 if TYPE_CHECKING:
     from koogallery.ledger import Ledger
 
-__all__ = ["UsagePushIncomplete", "handle_usage_push", "ledger_for"]
+__all__ = ["UsagePushIncomplete", "client_for", "handle_usage_push", "ledger_for"]
 
 logger = logging.getLogger("koogallery.usage_push")
 
@@ -77,11 +77,11 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
 
         deadline = deadline_from_context(context, settings.deadline_margin_seconds)
         ledger = ledger_for(settings)
-        with KooGalleryClient(settings) as client:
-            pipeline = UsagePipeline(
-                client, ledger=ledger, owner=request_id, lease_seconds=settings.lease_seconds
-            )
-            summary = pipeline.push_messages(batch.messages, deadline=deadline)
+        client = client_for(settings)
+        pipeline = UsagePipeline(
+            client, ledger=ledger, owner=request_id, lease_seconds=settings.lease_seconds
+        )
+        summary = pipeline.push_messages(batch.messages, deadline=deadline)
 
         result = {"request_id": request_id, "trigger": batch.trigger, **summary.to_dict()}
         logger.info("usage push finished", extra={"event": "push_summary", **_counts(result)})
@@ -91,6 +91,30 @@ def handle_usage_push(event: Any, context: Any) -> dict[str, Any]:
         if summary.pending:
             raise UsagePushIncomplete(summary)
         return result
+
+
+_clients: list[tuple[Settings, KooGalleryClient]] = []
+_clients_lock = threading.Lock()
+_KEPT_CLIENTS = 2
+
+
+def client_for(settings: Settings) -> KooGalleryClient:
+    """A client for ``settings``, kept across the invocations of a warm instance.
+
+    Reusing it keeps the TLS connection to KooGallery open and the endpoint it failed over
+    to. Settings that differ (temporary agency credentials change every few hours) get a new
+    client; the oldest kept one is closed.
+    """
+    with _clients_lock:
+        for kept, client in _clients:
+            if kept == settings:
+                return client
+        client = KooGalleryClient(settings)
+        _clients.append((settings, client))
+        if len(_clients) > _KEPT_CLIENTS:
+            _, oldest = _clients.pop(0)
+            oldest.close()
+        return client
 
 
 _ledgers: dict[str, Ledger] = {}
