@@ -329,8 +329,8 @@ def end_to_end(records: int, rounds: int) -> Section:
     section.notes.append(
         f"{records:,} records per variant in events of {MESSAGES_PER_EVENT} messages x "
         f"{RECORDS_PER_MESSAGE} records (one 1000-record request each), variants taking turns "
-        "event by event; ratio = handler rate / SDK rate; the handler builds its client per "
-        "invocation, the SDK client is built once"
+        "event by event; ratio = handler rate / SDK rate; both keep their client between "
+        "events, as a warm function instance does"
     )
     return section
 
