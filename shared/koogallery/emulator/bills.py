@@ -98,13 +98,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from enum import Enum
 from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 from koogallery.emulator import apig
-from koogallery.emulator.config import Credential, Instance, default_customer_id
+from koogallery.emulator.config import (
+    Credential,
+    Instance,
+    decimal_from_text,
+    default_customer_id,
+)
 from koogallery.emulator.errors import (
     APIG_NOT_PUBLISHED,
     APIG_THROTTLED,
@@ -241,22 +246,6 @@ def beijing_day(begin_time: str) -> date:
     return moment.astimezone(BEIJING).date()
 
 
-def _decimal(value: object, name: str) -> Decimal:
-    """A finite decimal read from a string, an int or a Decimal, never from a float."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-        raise ValueError(f"{name} must be a decimal string, not {value!r}")
-
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"{name} must be a decimal string, not {value!r}") from None
-
-    if not number.is_finite():
-        raise ValueError(f"{name} must be a finite decimal, not {value!r}")
-
-    return number
-
-
 def _text(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
@@ -296,7 +285,7 @@ class BillDiscrepancy:
         for name in ("delta", "quantity", "amount"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, _decimal(value, name))
+                object.__setattr__(self, name, decimal_from_text(value, name, signed=True))
 
         delta = self.delta
         if self.kind == "count_skew" and delta is not None and delta != int(delta):

@@ -93,7 +93,9 @@ _BILLING_MODES = ("hourly", "daily")
 _MAX_ID_LENGTH = 64
 
 
-def _decimal_from_text(value: object, name: str) -> Decimal:
+def decimal_from_text(value: object, name: str, *, signed: bool = False) -> Decimal:
+    """A finite decimal read from a string, an int or a Decimal, never from a float; negative
+    only where ``signed`` (a correction may lower an amount, a price never is below zero)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
         raise ValueError(f"{name} must be a decimal string, not {value!r}")
 
@@ -102,7 +104,9 @@ def _decimal_from_text(value: object, name: str) -> Decimal:
     except InvalidOperation:
         raise ValueError(f"{name} must be a decimal string, not {value!r}") from None
 
-    if not number.is_finite() or number < 0:
+    if not number.is_finite():
+        raise ValueError(f"{name} must be a finite decimal, not {value!r}")
+    if number < 0 and not signed:
         raise ValueError(f"{name} must be a finite decimal >= 0, not {value!r}")
 
     return number
@@ -195,7 +199,7 @@ class Instance:
         if not entities or not all(isinstance(name, str) and name for name in entities):
             raise ValueError("entities must be a non-empty list of names")
 
-        object.__setattr__(self, "unit_price", _decimal_from_text(self.unit_price, "unit_price"))
+        object.__setattr__(self, "unit_price", decimal_from_text(self.unit_price, "unit_price"))
         object.__setattr__(self, "entities", entities)
 
     @classmethod
@@ -214,7 +218,7 @@ class Instance:
         return cls(
             instance_id=str(data["instance_id"]),
             product_id=str(data["product_id"]),
-            unit_price=_decimal_from_text(data["unit_price"], "unit_price"),
+            unit_price=decimal_from_text(data["unit_price"], "unit_price"),
             billing_mode=data.get("billing_mode", "hourly"),
             currency=str(data.get("currency", "CNY")),
             entities=tuple(entities),
@@ -265,7 +269,7 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "instances", tuple(self.instances))
         object.__setattr__(self, "credentials", tuple(self.credentials))
-        object.__setattr__(self, "tax_rate", _decimal_from_text(self.tax_rate, "tax_rate"))
+        object.__setattr__(self, "tax_rate", decimal_from_text(self.tax_rate, "tax_rate"))
 
         if not self.credentials:
             raise ValueError("at least one credential is needed")
@@ -327,7 +331,7 @@ class EmulatorConfig:
             bills_unsupported=bool(data.get("bills_unsupported", False)),
             bills_preview=bool(data.get("bills_preview", False)),
             bill_currency=None if bill_currency is None else str(bill_currency),
-            tax_rate=_decimal_from_text(data.get("tax_rate", "0"), "tax_rate"),
+            tax_rate=decimal_from_text(data.get("tax_rate", "0"), "tax_rate"),
             bill_faults=FaultPlan.from_dict(bill_faults) if bill_faults is not None else None,
         )
 
