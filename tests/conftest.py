@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,23 @@ def pytest_configure(config: pytest.Config) -> None:
     before = os.environ.get("PYTHONPATH")
     config.stash[_PYTHONPATH_BEFORE] = before
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [GUARD_FOLDER, before]))
+
+
+@contextmanager
+def package_registry_allowed() -> Iterator[None]:
+    """Let the subprocesses started inside reach the package registry: pip downloading the
+    wheels a function zip is built from is the one kind of traffic beyond loopback that the
+    rules allow. The test process itself stays guarded."""
+    before = os.environ.get("PYTHONPATH")
+    kept = [part for part in (before or "").split(os.pathsep) if part and part != GUARD_FOLDER]
+    os.environ["PYTHONPATH"] = os.pathsep.join(kept)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -42,6 +42,7 @@ from koogallery.emulator import (
     EmulatorConfig,
     Instance,
 )
+from tests.conftest import package_registry_allowed
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "functions" / "requirements.txt"
@@ -145,14 +146,15 @@ def template() -> Template:
 
 
 def build(template: Template, dist: Path) -> dict[str, Package]:
-    packages = build_packages(
-        template,
-        base_dir=ROOT,
-        dist_dir=dist,
-        requirements=REQUIREMENTS,
-        wheel_cache=WHEEL_CACHE,
-        only=shipped_functions(template),
-    )
+    with package_registry_allowed():
+        packages = build_packages(
+            template,
+            base_dir=ROOT,
+            dist_dir=dist,
+            requirements=REQUIREMENTS,
+            wheel_cache=WHEEL_CACHE,
+            only=shipped_functions(template),
+        )
     return {package.func_name: package for package in packages}
 
 
