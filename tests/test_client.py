@@ -154,7 +154,7 @@ def test_retry_after_500_resends_identical_body_with_fresh_nonce(
     assert len(result.accepted) == 3
 
 
-def test_retry_after_dropped_answer_reuses_metering_sn_and_lands_as_duplicate(
+def test_retry_after_a_dropped_answer_reuses_the_bytes_and_counts_the_first_attempt(
     emulator: Emulator, transport: RecordingTransport
 ) -> None:
     emulator.set_faults(FaultPlan(sequence=("drop_after_commit", "ok")))
@@ -165,7 +165,10 @@ def test_retry_after_dropped_answer_reuses_metering_sn_and_lands_as_duplicate(
 
     first, second = transport.sent
     assert first.content == second.content
-    assert [outcome.status for outcome in result.outcomes] == [Status.DUPLICATE] * 4
+    assert [outcome.status for outcome in result.outcomes] == [Status.ACCEPTED] * 4
+    assert [outcome.reason for outcome in result.outcomes] == [
+        "accepted on an earlier attempt whose answer was lost"
+    ] * 4
     assert sorted(stored.metering_sn for stored in emulator.state.records) == sorted(
         record.sn for record in records
     )

@@ -136,14 +136,10 @@ def test_push_killed_mid_way_then_run_again_delivers_every_record_exactly_once(
     assert len({record.metering_sn for record in stored}) == 100_000
 
     # Records KooGallery stored just before the kill, whose answer the killed run never read,
-    # were pushed again and reported as already held: delivered once, billed once, and told
-    # apart in the ledger as ``duplicate``. At most one batch can be in that state.
-    counts = _ledger_counts(any_ledger_url)
+    # come back from the re-push as already held: the ledger knows it sent them before (it took
+    # over the killed run's lease), so they are accepted, on that first attempt.
     resent = len(emulator.state.duplicates)
-    assert counts == {
-        RecordStatus.ACCEPTED.value: 100_000 - resent,
-        **({RecordStatus.DUPLICATE.value: resent} if resent else {}),
-    }
+    assert _ledger_counts(any_ledger_url) == {RecordStatus.ACCEPTED.value: 100_000}
     assert resent <= 5000
 
 

@@ -679,10 +679,11 @@ def test_a_late_pending_settle_never_overwrites_accepted(ledger: Ledger) -> None
     ledger.settle(outcomes([record], Status.DEAD_LETTERED, "rejected"), owner="run-a", now=later)
 
     stored = row(ledger, record)
+    # Two attempts: run-a's, counted when run-b took its lease over, and run-b's own.
     assert (stored.status, stored.last_error, stored.attempts) == (
         RecordStatus.ACCEPTED,
         None,
-        1,
+        2,
     )
 
 
@@ -697,7 +698,8 @@ def test_a_settle_from_an_owner_whose_lease_was_taken_over_changes_nothing(
     ledger.settle(outcomes([record], Status.PENDING, "timeout"), owner="run-a", now=later)
 
     stored = row(ledger, record)
-    assert (stored.lease_owner, stored.attempts, stored.last_error) == ("run-b", 0, None)
+    # The one attempt is run-a's, counted when run-b took its lease over.
+    assert (stored.lease_owner, stored.attempts, stored.last_error) == ("run-b", 1, None)
 
 
 def test_accepted_in_the_same_settle_wins_over_pending(ledger: Ledger) -> None:
@@ -1352,3 +1354,26 @@ def test_a_dead_letter_identical_to_an_open_one_is_not_stored_twice(ledger: Ledg
     assert again[0] == first[0]
     assert again[1] != first[0]
     assert len(ledger.dead_letters()) == 2
+
+
+def test_a_duplicate_after_an_earlier_attempt_of_ours_is_accepted(ledger: Ledger) -> None:
+    tried, taken_over, untouched = usage("inst-1"), usage("inst-2"), usage("inst-3")
+    ledger.claim([tried, taken_over, untouched], owner="run-a", now=NOW, lease_seconds=60)
+    ledger.settle(outcomes([tried], Status.PENDING, "timeout"), owner="run-a", now=NOW)
+    later = NOW + timedelta(minutes=2)
+    ledger.claim([tried, taken_over], owner="run-b", now=later)
+    ledger.claim([untouched], owner="run-b", now=later)
+
+    ledger.settle(outcomes([tried, taken_over], Status.DUPLICATE), owner="run-b", now=later)
+
+    assert row(ledger, tried).status is RecordStatus.ACCEPTED
+    assert row(ledger, taken_over).status is RecordStatus.ACCEPTED
+
+
+def test_a_duplicate_of_a_record_never_sent_before_stays_duplicate(ledger: Ledger) -> None:
+    record = usage()
+    ledger.claim([record], owner="run-a", now=NOW)
+
+    ledger.settle(outcomes([record], Status.DUPLICATE), owner="run-a", now=NOW)
+
+    assert row(ledger, record).status is RecordStatus.DUPLICATE

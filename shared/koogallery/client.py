@@ -29,7 +29,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -79,6 +79,9 @@ _PERMANENT_CODES = {
     "MKT.9003": "too many records in one request",
     "MKT.9004": "begin_time more than 21 days old",
 }
+
+
+_LOST_ANSWER = "accepted on an earlier attempt whose answer was lost"
 
 
 class Status(str, enum.Enum):
@@ -160,6 +163,10 @@ class _Answer:
     error_code: str | None = None
     message: str | None = None
     duplicates: frozenset[int] = frozenset()
+    maybe_delivered: bool = False
+    """The request may have reached KooGallery without its answer reaching us (a dropped
+    connection, a read timeout): an answer to a later attempt naming duplicates then names our
+    own first attempt."""
 
 
 @dataclass
@@ -284,7 +291,10 @@ class KooGalleryClient:
             part = parts.pop()
             answer = self._send(push, part)
 
-            if answer.kind == "accepted":
+            if answer.kind == "accepted" and answer.maybe_delivered:
+                reason = _LOST_ANSWER if answer.duplicates else None
+                self._settle(push, part, Status.ACCEPTED, reason)
+            elif answer.kind == "accepted":
                 held = answer.duplicates
                 self._settle(
                     push,
@@ -340,7 +350,10 @@ class KooGalleryClient:
                 return _Answer("transient", message="deadline reached before the request")
             attempt += 1
 
+            previous = answer
             answer, retry_after = self._exchange(push, body, len(part), timeout)
+            if previous.maybe_delivered:
+                answer = replace(answer, maybe_delivered=True)
             if answer.kind != "transient":
                 return answer
             if attempt >= self.settings.max_attempts:
@@ -403,7 +416,9 @@ class KooGalleryClient:
             except httpx.TransportError as error:
                 self._audit(push, _Exchange(started, endpoint, count, clock), error=error)
                 kind = type(error).__name__
-                return _Answer("transient", message=f"{kind}: {error}"), None
+                sent = not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+                answer = _Answer("transient", message=f"{kind}: {error}", maybe_delivered=sent)
+                return answer, None
 
             code, message = _error_fields(response)
             request_id = response.headers.get("X-Request-Id")

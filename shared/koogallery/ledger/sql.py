@@ -100,6 +100,18 @@ _CONFLICT_MESSAGES = {
     "usage_window": "usage record is for a usage window another metering_sn holds; "
     "the incoming copy was recorded and will not be pushed",
 }
+_TAKE_OVER = (
+    "attempts = attempts + CASE WHEN lease_owner IS NOT NULL AND lease_owner <> ? "
+    "THEN 1 ELSE 0 END"
+)
+"""Taking over the lease of a run that stopped (a crash, a timeout) counts as an attempt: that
+run may have pushed the record before it stopped."""
+
+_DELIVERED_STATUS = "CASE WHEN ? = 'duplicate' AND attempts > 0 THEN 'accepted' ELSE ? END"
+"""A record KooGallery reports as already held, after an earlier attempt of ours (one that
+failed, or one a stopped run made), was accepted on that attempt: its answer was lost. Only a
+record we never sent before, yet KooGallery holds, stays ``duplicate``."""
+
 _LEASE_IS_FREE = "(lease_owner IS NULL OR lease_owner = ? OR lease_expires <= ?)"
 _Value = TypeVar("_Value")
 
@@ -321,8 +333,8 @@ class SqlLedger(Ledger):
         leased = self._update(
             tx,
             plan.leases,
-            "lease_owner = ?, lease_expires = ?",
-            (owner, until),
+            f"{_TAKE_OVER}, lease_owner = ?, lease_expires = ?",
+            (owner, owner, until),
             f"status = 'pending' AND {_LEASE_IS_FREE}",
             (owner, at),
         )
@@ -431,9 +443,9 @@ class SqlLedger(Ledger):
                 applied += self._update(
                     tx,
                     sns,
-                    "status = ?, settled_at = ?, lease_owner = NULL, lease_expires = NULL, "
-                    "attempts = attempts + 1",
-                    (status.value, at),
+                    f"status = {_DELIVERED_STATUS}, settled_at = ?, lease_owner = NULL, "
+                    "lease_expires = NULL, attempts = attempts + 1",
+                    (status.value, status.value, at),
                     "status NOT IN ('accepted', 'duplicate')",
                 )
             for error, sns in _grouped(plan.dead).items():
@@ -614,8 +626,8 @@ class SqlLedger(Ledger):
             self._update(
                 tx,
                 [sn for sn, _ in found],
-                "lease_owner = ?, lease_expires = ?",
-                (owner, self._db_time(lease_until)),
+                f"{_TAKE_OVER}, lease_owner = ?, lease_expires = ?",
+                (owner, owner, self._db_time(lease_until)),
             )
 
         if expired:
