@@ -19,7 +19,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
-from koogallery.cli_ledger import DEFAULT_LEDGER_URL, ledger_url
+from koogallery.cli_ledger import DEFAULT_LEDGER_URL, open_cli_ledger
 from koogallery.cli_ledger import add_commands as add_ledger_commands
 from koogallery.deploy.commands import add_commands as add_deploy_commands
 from koogallery.errors import ConfigurationError, KooGalleryError
@@ -194,7 +194,7 @@ def _run_push(args: argparse.Namespace) -> int:
     total = Summary()
     progress = _Progress(sys.stderr)
     letters = _DeadLetterSink(args.dead_letters)
-    ledger = None if args.no_ledger else _open_ledger(ledger_url(args.ledger), settings)
+    ledger = None if args.no_ledger else open_cli_ledger(args.ledger, settings)
     try:
         with KooGalleryClient(settings) as client:
             pipeline = UsagePipeline(client, ledger=ledger, lease_seconds=settings.lease_seconds)
@@ -217,12 +217,6 @@ def _run_push(args: argparse.Namespace) -> int:
     else:
         _print_summary_table(total, letters.path)
     return _EXIT_OK if total.complete else _EXIT_INCOMPLETE
-
-
-def _open_ledger(url: str, settings: Any) -> Any:
-    from koogallery.ledger import open_ledger
-
-    return open_ledger(url, billing_mode=settings.billing_mode)
 
 
 def _batches(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
@@ -384,7 +378,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
 
     parse_cycle(args.cycle)
     settings = Settings.from_env()
-    with _open_ledger(ledger_url(args.ledger), settings) as ledger:
+    with open_cli_ledger(args.ledger, settings) as ledger:
         stored = None if args.fetch else ledger.latest_bill(site=settings.site, cycle=args.cycle)
         if stored is None or stored.content is None:
             result = fetch_and_reconcile(

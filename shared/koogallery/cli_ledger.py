@@ -22,9 +22,10 @@ from typing import IO, TYPE_CHECKING, Any
 from koogallery.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from koogallery.config import Settings
     from koogallery.ledger import Ledger
 
-__all__ = ["DEFAULT_LEDGER_URL", "add_commands", "ledger_url"]
+__all__ = ["DEFAULT_LEDGER_URL", "add_commands", "ledger_url", "open_cli_ledger"]
 
 DEFAULT_LEDGER_URL = "sqlite:///.koogallery/ledger.db"
 
@@ -122,11 +123,18 @@ def ledger_url(explicit: str | None) -> str:
     return DEFAULT_LEDGER_URL
 
 
-def _open(args: argparse.Namespace) -> Ledger:
+def open_cli_ledger(explicit: str | None, settings: Settings | None = None) -> Ledger:
+    """The ledger a command works on (see :func:`ledger_url`), with the configured billing
+    mode; every command that reads or writes the ledger opens it here."""
     from koogallery.config import Settings
     from koogallery.ledger import open_ledger
 
-    return open_ledger(ledger_url(args.ledger), billing_mode=Settings.from_env().billing_mode)
+    settings = settings or Settings.from_env()
+    return open_ledger(ledger_url(explicit), billing_mode=settings.billing_mode)
+
+
+def _open(args: argparse.Namespace) -> Ledger:
+    return open_cli_ledger(args.ledger)
 
 
 def _moment(text: str | None, option: str) -> datetime | None:
