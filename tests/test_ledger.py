@@ -7,6 +7,7 @@ of an empty database, for tests that open ledgers themselves, in other threads o
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import queue
@@ -41,10 +42,10 @@ from koogallery.ledger import (
     open_ledger,
 )
 from koogallery.ledger.migrations import Migration
-from koogallery.ledger.rules import EXPIRED_REASON, stored_json
+from koogallery.ledger.rules import EXPIRED_REASON, rebuild_record, stored_json
 from koogallery.ledger.sql import SqlLedger, Transaction
 from koogallery.ledger.urls import sqlite_path
-from koogallery.models import UsageRecord, usage_body
+from koogallery.models import UsageRecord, canonical_json, usage_body
 from koogallery.pipeline import DeadLetter
 from tests.postgres_fixtures import postgres_schema_url, postgres_url  # noqa: F401
 
@@ -266,7 +267,7 @@ def test_rows_sharing_a_usage_window_before_migration_3_keep_one_holder_the_rest
         insert_row(older, dead, "dead_lettered", NOW - timedelta(hours=2))
 
     with open_ledger(ledger_url) as ledger:
-        assert ledger.schema_version() == 3
+        assert ledger.schema_version() == LATEST_VERSION
         assert statuses(ledger) == {
             pending_first.sn: RecordStatus.CONFLICT,
             accepted.sn: RecordStatus.ACCEPTED,
@@ -293,6 +294,60 @@ def test_rows_sharing_a_usage_window_before_migration_3_keep_one_holder_the_rest
 
 
 # Claim
+
+
+def _record_indexes(ledger: Ledger) -> set[str]:
+    """The names of the indexes declared on ``usage_records`` (not the primary key's)."""
+    assert isinstance(ledger, SqlLedger)
+    if isinstance(ledger, SqliteLedger):
+        query = (
+            "SELECT name FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'usage_records' AND sql IS NOT NULL"
+        )
+    else:
+        query = (
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename = 'usage_records' AND indexname <> 'usage_records_pkey'"
+        )
+    with ledger._transaction(write=False) as tx:
+        return {name for (name,) in tx.rows(query)}
+
+
+def test_migration_4_drops_the_instance_index_and_searches_by_instance_still_find_records(
+    ledger_url: str,
+) -> None:
+    kept, other = usage("inst-1"), usage("inst-2")
+    with _backend_ledger(ledger_url, migrations=MIGRATIONS[:3]) as older:
+        older.migrate()
+        assert "usage_records_by_instance" in _record_indexes(older)
+        insert_row(older, kept, "pending", NOW - timedelta(hours=1))
+        insert_row(older, other, "accepted", NOW - timedelta(hours=1))
+
+    with open_ledger(ledger_url) as ledger:
+        assert _record_indexes(ledger) == {
+            "usage_records_by_status",
+            "usage_records_by_begin",
+            "usage_records_by_window",
+        }
+        assert [item.record for item in ledger.records(instance_id="inst-1")] == [kept]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        usage(),
+        usage(value="100", relate_pkg_instance="pkg-1", product_id="prod-1"),
+        usage(value="0.0001", record_time=(MORNING + timedelta(minutes=30)).isoformat()),
+        usage(metering_sn='seller "sn" \\ 1\t'),
+        usage("inst-\u00e9\u4e2d", value="99999999.9999"),
+    ],
+    ids=["plain", "optional-fields", "record-time", "escaped-sn", "non-ascii-instance"],
+)
+def test_the_stored_copy_is_the_canonical_json_of_the_record(record: UsageRecord) -> None:
+    expected = canonical_json(record.to_json_dict()).decode("ascii")
+
+    assert stored_json(record) == expected
+    assert rebuild_record(json.loads(stored_json(record))) == record
 
 
 def test_claim_inserts_unseen_records_as_pending_leased_to_the_owner(ledger: Ledger) -> None:

@@ -522,9 +522,14 @@ def _field_named_in(message: str) -> str:
     return first_word if first_word in UsageRecord.model_fields else "record"
 
 
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+"""One encoder for every call: ``json.dumps`` with options builds a new one each time, which
+costs more than encoding a small record (the ledger stores one copy per record)."""
+
+
 def canonical_json(payload: object) -> bytes:
     """The bytes we sign and send: keys sorted, no whitespace, ASCII only."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return _CANONICAL_ENCODER.encode(payload).encode("ascii")
 
 
 def usage_body(

@@ -14,6 +14,7 @@ decimals as text, so both sort and compare correctly as text; PostgreSQL uses ``
   migration 3, also one row per usage window (``instance_id``, ``begin_time``, ``end_time``),
   as KooGallery keeps only the first record of a window: ``window_rank`` is 0 for the row
   holding its window, and 1, 2... only for rows that already shared one before (see below).
+  Searches by instance use the window index (migration 4 dropped the one by instance alone).
 - ``record_conflicts``: each incoming copy that disagreed with a stored record, either another
   copy of its ``metering_sn`` or a record for a usage window the stored record holds;
   ``metering_sn`` names the stored record, ``record_json`` is the incoming copy.
@@ -286,6 +287,14 @@ It does not depend on ``status``, so no later change of status (a lease owner's 
 acceptance, say) can ever break it.
 """
 
+_DROP_INSTANCE_INDEX = ("DROP INDEX IF EXISTS usage_records_by_instance",)
+"""Migration 4, the same SQL on both backends.
+
+``usage_records_by_window`` (migration 3) starts with ``instance_id, begin_time``, so it
+answers every search by instance that ``usage_records_by_instance`` did. The older index only
+cost work: every record written kept one more index up to date.
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -304,6 +313,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "one record per usage window; rows already sharing one, but its holder, in conflict",
         sqlite=_ONE_RECORD_PER_WINDOW,
         postgres=_ONE_RECORD_PER_WINDOW,
+    ),
+    Migration(
+        4,
+        "no index by instance alone: the window index already starts with the instance",
+        sqlite=_DROP_INSTANCE_INDEX,
+        postgres=_DROP_INSTANCE_INDEX,
     ),
 )
 

@@ -35,6 +35,16 @@ __all__ = ["SqliteLedger"]
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _WAL_RETRY_SECONDS = 0.02
 
+_CACHE_KIB = 32 * 1024
+"""SQLite's page cache for the ledger's connection (its default is 2 MiB). A ``metering_sn`` is
+a hash, so the thousand rows of one claim land all over its index: with a small cache, pages
+are read, spilled and read again inside one transaction."""
+
+_CHECKPOINT_PAGES = 8192
+"""WAL pages (4 KiB each) written before a commit copies them into the database file (the
+default is 1000). Each checkpoint syncs the file; fewer, larger ones write a page that many
+batches changed once instead of once per checkpoint. The WAL file grows to about 32 MiB."""
+
 _TIME_CACHE_SIZE = 4096
 """Distinct moments and time texts remembered. A batch shares a few hundred window boundaries
 and one ``now`` across thousands of rows, so a small cache answers nearly every lookup; when it
@@ -98,6 +108,8 @@ class SqliteLedger(SqlLedger):
         )
         self._use_wal(busy_timeout)
         self._connection.execute("PRAGMA synchronous = NORMAL")
+        self._connection.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        self._connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
 
     def _use_wal(self, timeout: float) -> None:
         """Switch the file to WAL mode, waiting out another process doing the same.
