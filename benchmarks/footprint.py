@@ -2,8 +2,9 @@
 
 - cold start: the median, over fresh interpreters, of the time to import each handler module
   (``functions/<name>/index.py``), against importing ``huaweicloudsdkcore.client``, the
-  official client a seller would otherwise start with. Runs alternate between the modules so a
-  busy moment of the machine falls on all of them alike;
+  official client a seller would otherwise start with. Each side sees only what it would be
+  deployed with (see :func:`deployed_paths`). Runs alternate between the modules so a busy
+  moment of the machine falls on all of them alike;
 - memory: the peak resident set of ``koogallery push FILE --no-ledger`` over JSON Lines files
   of two sizes, read from the kernel's accounting of that one child process;
 - package: the size of each function zip, built from the wheel cache without any network.
@@ -13,13 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+
+from packaging.requirements import Requirement
 
 from benchmarks.loopback import EmulatorProcess, child_environment
 from benchmarks.report import Figure, Section
@@ -34,19 +39,35 @@ SDK_MODULE = "huaweicloudsdkcore.client"
 MAX_RSS_MIB = 150.0
 MAX_ZIP_BYTES = 10 * 1024 * 1024
 
+DEPENDENCY_FLOOR = "dependencies only (httpx, pydantic, SDK signer)"
+_DEPENDENCY_IMPORTS = (
+    "import httpx; from pydantic import BaseModel, SecretStr; "
+    "import huaweicloudsdkcore.signer.signer"
+)
+
 _IMPORT = """\
-import importlib, sys, time
-sys.path.insert(0, sys.argv[1])
+import sys, time
+sys.path[:0] = sys.argv[1].split(",")
 started = time.perf_counter()
-importlib.import_module(sys.argv[2])
+exec(sys.argv[2])
 print(time.perf_counter() - started)
 """
 """Runs in a fresh interpreter: the time of one import, interpreter start-up excluded."""
 
 
-def _import_seconds(folder: Path, module: str) -> float:
+def _import_seconds(folders: Sequence[Path], statement: str) -> float:
+    """Seconds to run ``statement`` in a fresh interpreter that sees the standard library and
+    ``folders`` only: ``-S`` leaves out site-packages, ``-I`` the environment and this folder."""
     completed = subprocess.run(  # noqa: S603 - our own interpreter and script
-        [sys.executable, "-I", "-c", _IMPORT, str(folder), module],
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _IMPORT,
+            ",".join(str(folder) for folder in folders),
+            statement,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -55,20 +76,91 @@ def _import_seconds(folder: Path, module: str) -> float:
     return float(completed.stdout.strip())
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _runtime_requirements() -> list[str]:
+    """The distributions a function zip holds: ``functions/requirements.txt``, which
+    ``koogallery package`` installs exactly as listed (``--no-deps``)."""
+    lines = (ROOT / "functions" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    return [
+        Requirement(line).name
+        for line in (text.strip() for text in lines)
+        if line and not line.startswith("#")
+    ]
+
+
+def _with_requirements(names: Iterable[str]) -> list[str]:
+    """``names`` and everything they require on this interpreter, as pip would install them."""
+    found: dict[str, str] = {}
+    waiting = list(names)
+    while waiting:
+        name = waiting.pop()
+        if _canonical(name) in found:
+            continue
+        found[_canonical(name)] = name
+        for text in metadata.distribution(name).requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                waiting.append(requirement.name)
+    return sorted(found.values())
+
+
+def _link_distributions(folder: Path, names: Iterable[str]) -> Path:
+    """A folder holding links to the installed files of ``names`` (a package installed for
+    another Python, such as the backport ``exceptiongroup``, is left out)."""
+    folder.mkdir(parents=True)
+    for name in names:
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        tops = {PurePosixPath(str(path)).parts[0] for path in distribution.files or []}
+        for top in sorted(tops):
+            source = Path(str(distribution.locate_file(top)))
+            link = folder / top
+            if top != ".." and not top.endswith(".pth") and source.exists() and not link.exists():
+                link.symlink_to(source)
+    return folder
+
+
+def deployed_paths(folder: Path) -> tuple[Path, Path]:
+    """Two import folders shaped as each side is deployed: the function's (the library and
+    exactly the zip's requirements) and the SDK's (huaweicloudsdkcore and what it requires).
+
+    The development environment holds more than either: httpx, for one, imports its optional
+    command-line tool when ``click`` is installed (it is, for ``functions-framework``), which
+    a function zip never holds. Measured there, the handler would pay for a package it is
+    never deployed with.
+    """
+    function = _link_distributions(folder / "function", _runtime_requirements())
+    (function / "koogallery").symlink_to(ROOT / "shared" / "koogallery")
+    sdk = _link_distributions(folder / "sdk", _with_requirements(["huaweicloudsdkcore"]))
+    return function, sdk
+
+
 def cold_start(runs: int) -> Section:
-    """Median import time of each handler module against the official SDK client's."""
+    """Median import time of each handler module against the official SDK client's, and of
+    the handler's dependencies alone (how much of the time is the library's own)."""
     section = Section("cold_start", f"Cold start: median import time over {runs} interpreters")
-    targets = {name: (ROOT / "functions" / name, "index") for name in HANDLERS}
-    targets[SDK_MODULE] = (ROOT, SDK_MODULE)
+    with tempfile.TemporaryDirectory() as temporary:
+        function, sdk = deployed_paths(Path(temporary))
+        targets: dict[str, tuple[list[Path], str]] = {
+            name: ([ROOT / "functions" / name, function], "import index") for name in HANDLERS
+        }
+        targets[DEPENDENCY_FLOOR] = ([function], _DEPENDENCY_IMPORTS)
+        targets[SDK_MODULE] = ([sdk], f"import {SDK_MODULE}")
 
-    for folder, module in targets.values():
-        _import_seconds(folder, module)  # compiles and caches the bytecode, as a deploy has
-    samples: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(runs):
-        for name, (folder, module) in targets.items():
-            samples[name].append(_import_seconds(folder, module) * 1000)
+        for folders, statement in targets.values():
+            _import_seconds(folders, statement)  # compiles and caches bytecode, as a deploy has
+        samples: dict[str, list[float]] = {name: [] for name in targets}
+        for _ in range(runs):
+            for name, (folders, statement) in targets.items():
+                samples[name].append(_import_seconds(folders, statement) * 1000)
 
-    sdk = statistics.median(samples[SDK_MODULE])
+    sdk_median = statistics.median(samples[SDK_MODULE])
+    floor = statistics.median(samples[DEPENDENCY_FLOOR])
     for name in HANDLERS:
         median = statistics.median(samples[name])
         section.figures.append(
@@ -76,16 +168,28 @@ def cold_start(runs: int) -> Section:
                 f"functions/{name}/index.py",
                 median,
                 "ms",
-                baseline=sdk,
+                baseline=sdk_median,
                 baseline_name=SDK_MODULE,
-                ratio=median / sdk,
+                ratio=median / sdk_median,
                 target="ratio <= 1.0",
-                met=median <= sdk,
+                met=median <= sdk_median,
             )
         )
-    section.figures.append(Figure(f"import {SDK_MODULE}", sdk, "ms"))
+    section.figures.append(
+        Figure(
+            f"its dependencies alone: {DEPENDENCY_FLOOR}",
+            floor,
+            "ms",
+            baseline=sdk_median,
+            baseline_name=SDK_MODULE,
+            ratio=floor / sdk_median,
+        )
+    )
+    section.figures.append(Figure(f"import {SDK_MODULE}", sdk_median, "ms"))
     section.notes.append(
-        "ratio = handler import / SDK client import; same interpreter, flags and site-packages"
+        "ratio = import time / SDK client import; one interpreter and flags (-I -S); each side "
+        "sees the standard library and what it is deployed with: the function the zip's "
+        "requirements and the library, the SDK its own requirements"
     )
     return section
 
