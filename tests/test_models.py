@@ -192,6 +192,34 @@ def test_v2_body_is_sorted_compact_json() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("fields", "usage_api"),
+    [
+        ({}, "v2"),
+        ({"relate_pkg_instance": "pkg-1", "usage_value": "100"}, "v2"),
+        ({"record_time": "2026-12-04T08:30:00Z", "usage_value": 0.0001}, "v2"),
+        ({"metering_sn": 'seller "sn" \\ 1\t', "instance_id": "inst-\u00e9"}, "v2"),
+        ({"product_id": "prod-1", "relate_pkg_instance": "pkg-1"}, "v1"),
+        ({"usage_value": "99999999.9999"}, "legacy"),
+    ],
+    ids=["plain", "package", "record-time", "escaped", "v1", "legacy"],
+)
+def test_the_rendered_record_and_body_are_the_canonical_json_of_the_wire_dict(
+    fields: dict[str, Any], usage_api: str
+) -> None:
+    record = UsageRecord.parse(_record(**fields), now=NOW)
+    wire = record.to_wire(usage_api)
+    envelope = "usageRecords" if usage_api == "legacy" else "usage_records"
+
+    rendered = record.wire_json(usage_api)
+    body = usage_body([record, record], usage_api)
+
+    assert rendered == json.dumps(wire, sort_keys=True, separators=(",", ":"))
+    assert body == json.dumps(
+        {envelope: [wire, wire]}, sort_keys=True, separators=(",", ":")
+    ).encode("ascii")
+
+
 def test_v1_body_carries_product_id_and_no_metering_sn() -> None:
     record = UsageRecord.parse(_record(product_id="prod-1"), now=NOW)
 

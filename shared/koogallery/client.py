@@ -177,7 +177,7 @@ class _Push:
     deadline: float | None
     observer: PushObserver | None
     result: PushResult = field(default_factory=PushResult)
-    wires: dict[int, dict[str, Any]] = field(default_factory=dict)
+    wires: dict[int, str] = field(default_factory=dict)
     outcomes: list[RecordOutcome | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -279,7 +279,7 @@ class KooGalleryClient:
         usage_api, usage_entity = self.settings.usage_api, self.settings.usage_entity
         for index, record in enumerate(push.records):
             try:
-                push.wires[index] = record.to_wire(usage_api, usage_entity=usage_entity)
+                push.wires[index] = record.wire_json(usage_api, usage_entity=usage_entity)
             except RecordValidationError as error:
                 self._settle(push, [index], Status.DEAD_LETTERED, reason=str(error))
         return list(push.wires)
