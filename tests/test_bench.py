@@ -3,7 +3,8 @@
 It asserts no time: the machines are shared and noisy, and the benchmark reports its targets
 rather than enforcing them. The full benchmark stays out of the test run; this test runs the
 quick mode once, and only when ``KOOGALLERY_BENCH_QUICK=1`` (``.ci/run`` sets it), so that a
-developer's ``./scripts/test`` stays fast.
+developer's ``./scripts/test`` stays fast. The memory measurement itself is pinned on every run:
+a child must not report its parent's memory as its own.
 """
 
 from __future__ import annotations
@@ -45,3 +46,17 @@ def test_quick_benchmark_reports_every_section() -> None:
         if section["status"] == "ok":
             assert section["figures"], name
             assert all(figure["value"] > 0 for figure in section["figures"]), name
+
+
+def test_a_measured_peak_rss_is_the_commands_own_not_the_callers() -> None:
+    from benchmarks.footprint import measured_run
+
+    held = bytearray(256 * 1024 * 1024)
+    held[::4096] = b"\x01" * len(held[::4096])
+
+    run = measured_run([sys.executable, "-c", "print('done')"])
+
+    assert len(held) == 256 * 1024 * 1024
+    assert run.exit_code == 0
+    assert run.output == "done\n"
+    assert run.peak_rss_mib < 64
