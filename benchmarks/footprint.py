@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from packaging.requirements import Requirement
 
-from benchmarks.loopback import EmulatorProcess, child_environment
+from benchmarks.loopback import EmulatorProcess, child_environment, require_loopback_url
 from benchmarks.report import Figure, Section
 from benchmarks.workload import Workload
 from koogallery.emulator import DEFAULT_AK, DEFAULT_SELLER_KEY, DEFAULT_SK
@@ -48,8 +47,8 @@ _DEPENDENCY_IMPORTS = (
 )
 
 _IMPORT = """\
-import sys, time
-sys.path[:0] = sys.argv[1].split(",")
+import os, sys, time
+sys.path[:0] = sys.argv[1].split(os.pathsep)
 started = time.perf_counter()
 exec(sys.argv[2])
 print(time.perf_counter() - started)
@@ -67,7 +66,7 @@ def _import_seconds(folders: Sequence[Path], statement: str) -> float:
             "-S",
             "-c",
             _IMPORT,
-            ",".join(str(folder) for folder in folders),
+            os.pathsep.join(str(folder) for folder in folders),
             statement,
         ],
         capture_output=True,
@@ -110,8 +109,8 @@ def _with_requirements(names: Iterable[str]) -> list[str]:
 
 
 def _link_distributions(folder: Path, names: Iterable[str]) -> Path:
-    """A folder holding links to the installed files of ``names`` (a package installed for
-    another Python, such as the backport ``exceptiongroup``, is left out)."""
+    """A folder holding links to the installed files of ``names``; a name not installed here is
+    left out (``exceptiongroup``, say, which only Python 3.10 needs)."""
     folder.mkdir(parents=True)
     for name in names:
         try:
@@ -197,13 +196,16 @@ def cold_start(runs: int) -> Section:
 
 
 _LAUNCHER = """\
-import os, subprocess, sys
+import os, subprocess, sys, time
+began = time.perf_counter()
 child = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(child.pid, 0)
+seconds = time.perf_counter() - began
 with open(sys.argv[1], "w") as report:
-    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+    report.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {seconds}")
 """
-"""Starts a command and writes its exit code and peak RSS (KiB) to the file ``argv[1]``.
+"""Starts a command and writes its exit code, peak RSS (KiB) and seconds to the file
+``argv[1]`` (the seconds are the command's alone, without the launcher's own start).
 
 Linux keeps a process's peak RSS across ``exec``, and a process begins with a copy of (or,
 with vfork, a loan of) its parent's memory: a child started straight from the benchmark, which
@@ -228,23 +230,23 @@ def measured_run(command: Sequence[str], settings: dict[str, str] | None = None)
     with tempfile.TemporaryDirectory() as folder:
         report, output = Path(folder) / "report", Path(folder) / "output"
         with output.open("w+") as stream:
-            began = time.perf_counter()
             subprocess.run(  # noqa: S603 - our own interpreter, launcher and command
-                [sys.executable, "-c", _LAUNCHER, str(report), *command],
+                [sys.executable, "-I", "-c", _LAUNCHER, str(report), *command],
                 stdout=stream,
                 stdin=subprocess.DEVNULL,
                 env=child_environment(settings),
                 check=True,
             )
-            seconds = time.perf_counter() - began
-        exit_code, peak_kib = (int(part) for part in report.read_text().split())
-        return MeasuredRun(exit_code, peak_kib / 1024, seconds, output.read_text())
+        exit_code, peak_kib, seconds = report.read_text().split()
+        return MeasuredRun(
+            int(exit_code), int(peak_kib) / 1024, float(seconds), output.read_text()
+        )
 
 
 def _push_peak_rss(path: Path, url: str) -> tuple[float, float, dict[str, object]]:
     """Peak RSS (MiB), seconds and summary of ``koogallery push`` over ``path``."""
     settings = {
-        "KOOGALLERY_ENDPOINT": url,
+        "KOOGALLERY_ENDPOINT": require_loopback_url(url),
         "HUAWEICLOUD_SDK_AK": DEFAULT_AK,
         "HUAWEICLOUD_SDK_SK": DEFAULT_SK,
         "KOOGALLERY_SELLER_KEY": DEFAULT_SELLER_KEY,

@@ -350,6 +350,27 @@ def test_the_stored_copy_is_the_canonical_json_of_the_record(record: UsageRecord
     assert rebuild_record(json.loads(stored_json(record))) == record
 
 
+def test_a_sqlite_ledger_syncs_every_commit_and_searches_by_instance_through_an_index(
+    tmp_path: Path,
+) -> None:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
+        ledger.migrate()
+        connection = ledger._connection
+        settings = [
+            connection.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("journal_mode", "synchronous", "wal_autocheckpoint", "cache_size")
+        ]
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN SELECT metering_sn FROM usage_records WHERE instance_id = ?",
+            ("inst-1",),
+        ).fetchall()
+
+    assert settings == ["wal", 2, 8192, -32768]
+    assert [row[-1] for row in plan] == [
+        "SEARCH usage_records USING INDEX usage_records_by_window (instance_id=?)"
+    ]
+
+
 def test_claim_inserts_unseen_records_as_pending_leased_to_the_owner(ledger: Ledger) -> None:
     first, second = usage("inst-1"), usage("inst-2", value="0.0001")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring_ascii
@@ -44,6 +44,7 @@ __all__ = [
     "canonical_json",
     "format_time",
     "format_usage_value",
+    "json_text",
     "metering_sn_for",
     "parse_time",
     "usage_body",
@@ -213,8 +214,9 @@ def _metering_sn(
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-_json_text = encode_basestring_ascii
-"""A string as JSON text, escaped exactly as ``json.dumps`` escapes it (ASCII only)."""
+json_text = encode_basestring_ascii
+"""A string as JSON text, escaped exactly as ``json.dumps`` escapes it (ASCII only): the piece
+from which records are rendered field by field (``UsageRecord.wire_json``, the ledger's copy)."""
 
 
 class UsageRecord(BaseModel):
@@ -372,14 +374,14 @@ class UsageRecord(BaseModel):
             record_time = format_time(self.record_time)
         relate = ""
         if self.relate_pkg_instance is not None:
-            relate = f'"relate_pkg_instance":{_json_text(self.relate_pkg_instance)},'
+            relate = f'"relate_pkg_instance":{json_text(self.relate_pkg_instance)},'
         return (
-            f'{{"begin_time":{_json_text(format_time(self.begin_time))},'
-            f'"end_time":{_json_text(end_time)},'
-            f'"instance_id":{_json_text(self.instance_id)},'
-            f'"metering_sn":{_json_text(self.sn)},'
-            f'"record_time":{_json_text(record_time)},{relate}'
-            f'"usage_value":{_json_text(format_usage_value(self.usage_value))}}}'
+            f'{{"begin_time":{json_text(format_time(self.begin_time))},'
+            f'"end_time":{json_text(end_time)},'
+            f'"instance_id":{json_text(self.instance_id)},'
+            f'"metering_sn":{json_text(self.sn)},'
+            f'"record_time":{json_text(record_time)},{relate}'
+            f'"usage_value":{json_text(format_usage_value(self.usage_value))}}}'
         )
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -571,7 +573,7 @@ def usage_body(
     return wire_body(wire, usage_api)
 
 
-def wire_body(wire: Sequence[str], usage_api: str = "v2") -> bytes:
+def wire_body(wire: list[str], usage_api: str = "v2") -> bytes:
     """The request body around records already rendered (``UsageRecord.wire_json``): the
     canonical JSON of the envelope, joined instead of encoded again.
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from koogallery.client import RecordOutcome, Status
@@ -30,6 +29,7 @@ from koogallery.models import (
     UsageRecord,
     format_time,
     format_usage_value,
+    json_text,
     parse_time,
 )
 
@@ -60,9 +60,6 @@ Window = tuple[str, datetime, datetime]
 """A usage window: ``instance_id``, ``begin_time``, ``end_time``."""
 
 _DELIVERED = (Status.ACCEPTED, Status.DUPLICATE)
-
-_json_text = encode_basestring_ascii
-"""A string as JSON text, escaped exactly as ``json.dumps`` escapes it (ASCII only)."""
 _RANK = {Status.PENDING: 0, Status.DEAD_LETTERED: 1, Status.ACCEPTED: 2, Status.DUPLICATE: 2}
 _STORED_AS = {status: RecordStatus(status.value) for status in _DELIVERED}
 
@@ -135,19 +132,19 @@ def stored_json(record: UsageRecord) -> str:
     fraction of its cost, which a claim pays for every new record.
     """
     return (
-        f'{{"begin_time":{_json_text(format_time(record.begin_time))},'
-        f'"end_time":{_json_text(format_time(record.end_time))},'
-        f'"instance_id":{_json_text(record.instance_id)},'
-        f'"metering_sn":{_json_text(record.sn)},'
+        f'{{"begin_time":{json_text(format_time(record.begin_time))},'
+        f'"end_time":{json_text(format_time(record.end_time))},'
+        f'"instance_id":{json_text(record.instance_id)},'
+        f'"metering_sn":{json_text(record.sn)},'
         f'"product_id":{_json_or_null(record.product_id)},'
-        f'"record_time":{_json_text(format_time(record.record_time or record.end_time))},'
+        f'"record_time":{json_text(format_time(record.record_time or record.end_time))},'
         f'"relate_pkg_instance":{_json_or_null(record.relate_pkg_instance)},'
-        f'"usage_value":{_json_text(format_usage_value(record.usage_value))}}}'
+        f'"usage_value":{json_text(format_usage_value(record.usage_value))}}}'
     )
 
 
 def _json_or_null(value: str | None) -> str:
-    return "null" if value is None else _json_text(value)
+    return "null" if value is None else json_text(value)
 
 
 def rebuild_record(stored: Mapping[str, Any]) -> UsageRecord:

@@ -3,8 +3,8 @@
 Every write runs in a ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock
 at once: two processes claiming at the same moment take turns, each seeing what the other
 committed, so they can never both lease a record. The file runs in WAL mode, so readers never
-wait for the writer, with ``synchronous=NORMAL``: a committed transaction survives a crash of
-the process (not of the machine, which a function's disk does not outlive anyway).
+wait for the writer, with ``synchronous=FULL``: a commit returns once the WAL is synced, so a
+committed claim or outcome survives a crash of the process and a power loss of the machine.
 
     ledger = SqliteLedger(".ledger/usage.db")
     ledger.migrate()
@@ -42,8 +42,9 @@ are read, spilled and read again inside one transaction."""
 
 _CHECKPOINT_PAGES = 8192
 """WAL pages (4 KiB each) written before a commit copies them into the database file (the
-default is 1000). Each checkpoint syncs the file; fewer, larger ones write a page that many
-batches changed once instead of once per checkpoint. The WAL file grows to about 32 MiB."""
+default is 1000). A ``metering_sn`` index page changed by many batches is then copied once per
+checkpoint instead of many times. Durability does not depend on it (every commit syncs the
+WAL); the WAL file grows to about 32 MiB, and the commit that checkpoints takes longer."""
 
 _TIME_CACHE_SIZE = 4096
 """Distinct moments and time texts remembered. A batch shares a few hundred window boundaries
@@ -107,7 +108,7 @@ class SqliteLedger(SqlLedger):
             self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         self._use_wal(busy_timeout)
-        self._connection.execute("PRAGMA synchronous = NORMAL")
+        self._connection.execute("PRAGMA synchronous = FULL")
         self._connection.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         self._connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
 
