@@ -214,6 +214,11 @@ def _metering_sn(
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+"""One encoder for every call: ``json.dumps`` with options builds a new one each time, which
+costs more than encoding a small record (the ledger stores one copy per record)."""
+
+
 json_text = encode_basestring_ascii
 """A string as JSON text, escaped exactly as ``json.dumps`` escapes it (ASCII only): the piece
 from which records are rendered field by field (``UsageRecord.wire_json``, the ledger's copy)."""
@@ -553,11 +558,6 @@ def _field_named_in(message: str) -> str:
     """Rules that compare fields start their message with the field they blame."""
     first_word = message.split(" ", 1)[0]
     return first_word if first_word in UsageRecord.model_fields else "record"
-
-
-_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-"""One encoder for every call: ``json.dumps`` with options builds a new one each time, which
-costs more than encoding a small record (the ledger stores one copy per record)."""
 
 
 def canonical_json(payload: object) -> bytes:
