@@ -23,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -107,18 +108,33 @@ def install_guard() -> None:
         _installed = True
 
 
+def _cleaned(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` without proxies and product settings, with loopback exempt from any
+    proxy a library might still find."""
+    kept = {
+        name: value
+        for name, value in environment.items()
+        if name.lower() not in _PROXY_VARIABLES and not name.startswith(_SETTING_PREFIXES)
+    }
+    kept["NO_PROXY"] = kept["no_proxy"] = "127.0.0.1,::1,localhost"
+    return kept
+
+
 def clean_environment() -> None:
     """Drop proxies and product settings inherited from the shell, in this process."""
-    for name in list(os.environ):
-        if name.lower() in _PROXY_VARIABLES or name.startswith(_SETTING_PREFIXES):
-            del os.environ[name]
-    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,::1,localhost"
+    cleaned = _cleaned(os.environ)
+    for name in [name for name in os.environ if name not in cleaned]:
+        del os.environ[name]
+    os.environ.update(cleaned)
 
 
 def child_environment(settings: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a process a benchmark starts: this one's, cleaned, plus ``settings``."""
-    clean_environment()
-    return {**os.environ, **(settings or {})}
+    """The environment of a process a benchmark starts: this one's, cleaned, plus ``settings``.
+
+    This process's own environment is left as it is: a test that measures a command must not
+    take its caller's settings away.
+    """
+    return {**_cleaned(os.environ), **(settings or {})}
 
 
 class EmulatorProcess:

@@ -60,3 +60,21 @@ def test_a_measured_peak_rss_is_the_commands_own_not_the_callers() -> None:
     assert run.exit_code == 0
     assert run.output == "done\n"
     assert run.peak_rss_mib < 64
+
+
+def test_a_measured_command_gets_a_clean_environment_and_the_caller_keeps_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks.footprint import measured_run
+
+    monkeypatch.setenv("KOOGALLERY_TEST_POSTGRES_PORT", "55499")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    shown = "import os; print(sorted(k for k in os.environ if k.startswith(('KOOG', 'HTTPS'))))"
+
+    run = measured_run(
+        [sys.executable, "-c", shown], {"KOOGALLERY_ENDPOINT": "http://127.0.0.1:1"}
+    )
+
+    assert run.output == "['KOOGALLERY_ENDPOINT']\n"
+    assert os.environ["KOOGALLERY_TEST_POSTGRES_PORT"] == "55499"
+    assert os.environ["HTTPS_PROXY"] == "http://127.0.0.1:9"

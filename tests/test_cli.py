@@ -97,6 +97,25 @@ def test_push_jsonl_with_bad_lines_exits_1_and_writes_every_dead_letter(
     assert len(emulator.state.records) == 10
 
 
+def test_push_names_a_dead_letter_by_its_line_or_its_array_index(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _record(3, value="-1")
+    lines = tmp_path / "usage.jsonl"
+    lines.write_text(f"{json.dumps(_record(2))}\n\n{json.dumps(bad)}\n", encoding="utf-8")
+    array = tmp_path / "usage.json"
+    array.write_text(json.dumps([_record(4), _record(5), bad]), encoding="utf-8")
+
+    main(["push", str(lines)])
+    from_lines = capsys.readouterr().out.splitlines()
+    main(["push", str(array)])
+    from_array = capsys.readouterr().out.splitlines()
+
+    reason = "usage_value: must be greater than 0, got -1"
+    assert f"dead letter  {lines} line 3: {reason}" in from_lines
+    assert f"dead letter  {array} [2]: {reason}" in from_array
+
+
 def test_push_csv_of_good_records_exits_0(
     emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,13 +17,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from koogallery.cli_ledger import DEFAULT_LEDGER_URL, open_cli_ledger
 from koogallery.cli_ledger import add_commands as add_ledger_commands
 from koogallery.deploy.commands import add_commands as add_deploy_commands
 from koogallery.errors import ConfigurationError, KooGalleryError
 from koogallery.events import RawRecord
+
+if TYPE_CHECKING:
+    from koogallery.pipeline import DeadLetter
+    from koogallery.sources import FileFormat
 
 __all__ = ["main"]
 
@@ -183,7 +187,7 @@ def _run_push(args: argparse.Namespace) -> int:
     from koogallery.client import KooGalleryClient
     from koogallery.config import Settings
     from koogallery.pipeline import Summary, UsagePipeline
-    from koogallery.sources import read_records
+    from koogallery.sources import detect_format, read_records
 
     settings = Settings.from_env(endpoint=args.endpoint, usage_api=args.usage_api)
     source: Path | IO[str] = sys.stdin if args.file == "-" else Path(args.file)
@@ -215,7 +219,7 @@ def _run_push(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(total.to_dict(), indent=2))
     else:
-        _print_summary_table(total, letters.path)
+        _print_summary_table(total, letters.path, args.format or detect_format(args.file))
     return _EXIT_OK if total.complete else _EXIT_INCOMPLETE
 
 
@@ -277,7 +281,19 @@ class _Progress:
             self._stream.write("\n")
 
 
-def _print_summary_table(summary: Any, dead_letter_path: Path | None) -> None:
+def _place_in_file(letter: DeadLetter, file_format: FileFormat) -> str:
+    """Where a person finds the record: its line in JSON Lines and CSV (counted from 1, as
+    editors count), its index in a JSON array (counted from 0, as JSON paths count)."""
+    if letter.position is None:
+        return str(letter.origin.source)
+    if file_format == "json":
+        return f"{letter.origin.source} [{letter.position}]"
+    return f"{letter.origin.source} line {letter.position}"
+
+
+def _print_summary_table(
+    summary: Any, dead_letter_path: Path | None, file_format: FileFormat
+) -> None:
     rows = [
         ("received", summary.received),
         ("accepted", summary.accepted),
@@ -302,7 +318,7 @@ def _print_summary_table(summary: Any, dead_letter_path: Path | None) -> None:
     if summary.pending_reason:
         print(f"pending because: {summary.pending_reason}")
     for letter in summary.dead_letters:
-        print(f"dead letter  {letter.origin.label()} line {letter.position}: {letter.reason}")
+        print(f"dead letter  {_place_in_file(letter, file_format)}: {letter.reason}")
     if summary.dead_lettered > len(summary.dead_letters):
         more = summary.dead_lettered - len(summary.dead_letters)
         where = f"all are in {dead_letter_path}" if dead_letter_path else "use --dead-letters FILE"
